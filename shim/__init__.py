@@ -1,0 +1,1 @@
+"""pyshim: a containerd shim v2 runtime (io.containerd.pyshim.v1)."""

@@ -1,0 +1,1 @@
+"""Lean protobuf codec; message modules are generated at build time from proto/."""
