@@ -1,0 +1,325 @@
+# Syscalls the Python standard library lacks (or hides behind heavy modules).
+
+from libc.errno cimport errno, EINTR
+from libc.string cimport memset, memcpy, strlen
+from libc.stdlib cimport malloc, free
+from libc.signal cimport SIGPIPE, SIG_DFL
+from posix.types cimport pid_t
+
+
+cdef extern from "<sys/prctl.h>" nogil:
+    int prctl(int option, unsigned long arg2, unsigned long arg3,
+              unsigned long arg4, unsigned long arg5)
+    int PR_SET_CHILD_SUBREAPER
+    int PR_SET_PDEATHSIG
+
+cdef extern from "<signal.h>" nogil:
+    ctypedef struct sigset_t:
+        pass
+    int sigemptyset(sigset_t *s)
+    int sigfillset(sigset_t *s)
+    int sigaddset(sigset_t *s, int signo)
+    int sigprocmask(int how, const sigset_t *s, sigset_t *old)
+    int SIG_BLOCK
+    int SIG_SETMASK
+    ctypedef void (*sighandler_t)(int)
+    sighandler_t signal(int signum, sighandler_t handler)
+    int NSIG "_NSIG"
+
+cdef extern from "<sys/signalfd.h>" nogil:
+    struct signalfd_siginfo:
+        unsigned int ssi_signo
+    int signalfd(int fd, const sigset_t *mask, int flags)
+    int SFD_NONBLOCK
+    int SFD_CLOEXEC
+
+cdef extern from "<sys/mount.h>" nogil:
+    int c_mount "mount"(const char *source, const char *target, const char *fstype,
+                        unsigned long flags, const void *data)
+    int c_umount2 "umount2"(const char *target, int flags)
+
+cdef extern from "<unistd.h>" nogil:
+    pid_t fork()
+    int execve(const char *path, char *const argv[], char *const envp[])
+    int execvpe(const char *file, char *const argv[], char *const envp[])
+    int dup2(int oldfd, int newfd)
+    int close(int fd)
+    int chdir(const char *path)
+    int setpgid(pid_t pid, pid_t pgid)
+    pid_t setsid()
+    pid_t getppid()
+    int pipe2(int fds[2], int flags)
+    ssize_t read(int fd, void *buf, size_t n)
+    ssize_t write(int fd, const void *buf, size_t n)
+    void _exit(int status)
+    long syscall(long number, ...)
+
+cdef extern from "<fcntl.h>" nogil:
+    int fcntl(int fd, int cmd, ...)
+    int F_DUPFD_CLOEXEC
+    int F_GETFD
+    int F_SETFD
+    int FD_CLOEXEC
+    int O_CLOEXEC
+
+cdef extern from "<sys/syscall.h>" nogil:
+    long SYS_close_range
+
+cdef enum:
+    CLOSE_RANGE_CLOEXEC = 4
+
+cdef extern from "<sys/ioctl.h>" nogil:
+    int ioctl(int fd, unsigned long request, ...)
+    unsigned long TIOCSWINSZ
+    struct winsize:
+        unsigned short ws_row
+        unsigned short ws_col
+        unsigned short ws_xpixel
+        unsigned short ws_ypixel
+
+cdef extern from "<sys/socket.h>" nogil:
+    struct msghdr:
+        void *msg_name
+        int msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    ssize_t recvmsg(int sockfd, msghdr *msg, int flags)
+    cmsghdr *CMSG_FIRSTHDR(msghdr *m)
+    unsigned char *CMSG_DATA(cmsghdr *c)
+    size_t CMSG_SPACE(size_t n)
+    size_t CMSG_LEN(size_t n)
+    int SOL_SOCKET
+    int SCM_RIGHTS
+    int MSG_CMSG_CLOEXEC
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+
+
+def set_child_subreaper():
+    """Make this process a child subreaper: orphans below it re-parent here."""
+    if prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(errno, "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def signalfd_open(signals):
+    """Block `signals` process-wide and return a non-blocking signalfd for them."""
+    cdef sigset_t mask
+    sigemptyset(&mask)
+    for s in signals:
+        sigaddset(&mask, <int>s)
+    if sigprocmask(SIG_BLOCK, &mask, NULL) != 0:
+        raise OSError(errno, "sigprocmask")
+    cdef int fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)
+    if fd < 0:
+        raise OSError(errno, "signalfd")
+    return fd
+
+
+def signalfd_read(int fd):
+    """Drain a signalfd; return the list of signal numbers read (may be empty)."""
+    cdef signalfd_siginfo info
+    cdef ssize_t n
+    out = []
+    while True:
+        n = read(fd, &info, sizeof(info))
+        if n != sizeof(info):
+            break
+        out.append(info.ssi_signo)
+    return out
+
+
+def mount(source, target, fstype, unsigned long flags, data):
+    cdef bytes bs = _b(source), bt = _b(target), bf = _b(fstype), bd = _b(data)
+    cdef const char *ps = bs
+    cdef const char *pt = bt
+    cdef const char *pf = bf
+    cdef const char *pd = bd
+    cdef int rc
+    with nogil:
+        rc = c_mount(ps, pt, pf, flags, pd)
+    if rc != 0:
+        raise OSError(errno, "mount %s on %s failed" % (source, target))
+
+
+def umount2(target, int flags=0):
+    cdef bytes bt = _b(target)
+    cdef const char *pt = bt
+    cdef int rc
+    with nogil:
+        rc = c_umount2(pt, flags)
+    if rc != 0:
+        raise OSError(errno, "umount %s failed" % (target,))
+
+
+def set_winsize(int fd, int rows, int cols):
+    cdef winsize ws
+    memset(&ws, 0, sizeof(ws))
+    ws.ws_row = rows
+    ws.ws_col = cols
+    if ioctl(fd, TIOCSWINSZ, &ws) != 0:
+        raise OSError(errno, "TIOCSWINSZ")
+
+
+def recv_fd(int sock, size_t maxname=4096):
+    """Receive one message carrying exactly one fd (SCM_RIGHTS), as runc's
+    --console-socket sends the pty master. Returns (fd, data)."""
+    cdef msghdr msg
+    cdef iovec iov
+    cdef char *buf = <char *>malloc(maxname)
+    cdef char ctl[64]
+    cdef cmsghdr *c
+    cdef int fd = -1
+    cdef ssize_t n
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        memset(&msg, 0, sizeof(msg))
+        iov.iov_base = buf
+        iov.iov_len = maxname
+        msg.msg_iov = &iov
+        msg.msg_iovlen = 1
+        msg.msg_control = ctl
+        msg.msg_controllen = CMSG_SPACE(sizeof(int))
+        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC)
+        if n < 0:
+            raise OSError(errno, "recvmsg")
+        c = CMSG_FIRSTHDR(&msg)
+        if c == NULL or c.cmsg_level != SOL_SOCKET or c.cmsg_type != SCM_RIGHTS \
+                or c.cmsg_len != CMSG_LEN(sizeof(int)):
+            raise OSError(22, "expected exactly one fd over SCM_RIGHTS")
+        memcpy(&fd, CMSG_DATA(c), sizeof(int))
+        return fd, buf[:n]
+    finally:
+        free(buf)
+
+
+cdef bytes _b(s):
+    if s is None:
+        return b""
+    if isinstance(s, bytes):
+        return <bytes>s
+    return (<str>s).encode("utf-8", "surrogateescape")
+
+
+cdef char **_cstrv(list items, list keep) except NULL:
+    cdef char **v = <char **>malloc((len(items) + 1) * sizeof(char *))
+    if v == NULL:
+        raise MemoryError()
+    cdef Py_ssize_t i
+    for i in range(len(items)):
+        b = _b(items[i])
+        keep.append(b)
+        v[i] = <char *>(<bytes>b)
+    v[len(items)] = NULL
+    return v
+
+
+def spawn(path, argv, env, fds, cwd=None, bint new_pgrp=False, bint new_session=False,
+          int pdeathsig=0, bint search_path=True):
+    """fork+exec a child and return its pid.
+
+    fds: list; the child's fd i is a dup of fds[i] (i = 0, 1, 2, ...). Every
+    other fd is closed in the child. The child gets an empty signal mask and
+    default SIGPIPE (the shim blocks/ignores signals for its own loop), an
+    optional new process group or session, and an optional parent-death
+    signal. Exec failure raises OSError in the parent (reported over a
+    CLOEXEC pipe), so a missing binary is never a silent child exit.
+    """
+    cdef list keep = []
+    cdef char **cargv = NULL
+    cdef char **cenv = NULL
+    cdef int nfds = len(fds)
+    cdef int *cfds = <int *>malloc((nfds + 1) * sizeof(int))
+    cdef int errpipe[2]
+    cdef int i, rc, err = 0
+    cdef pid_t pid
+    cdef sigset_t empty
+    cdef bytes bpath = _b(path)
+    cdef bytes bcwd = _b(cwd) if cwd else None
+    cdef const char *ppath = bpath
+    cdef const char *pcwd = NULL
+    cdef ssize_t n
+    if cfds == NULL:
+        raise MemoryError()
+    if bcwd is not None:
+        pcwd = bcwd
+    try:
+        for i in range(nfds):
+            cfds[i] = -1 if fds[i] is None else <int>fds[i]
+        cargv = _cstrv(list(argv), keep)
+        cenv = _cstrv(list(env), keep)
+        if pipe2(errpipe, O_CLOEXEC) != 0:
+            raise OSError(errno, "pipe2")
+        sigemptyset(&empty)
+        pid = fork()
+        if pid == 0:
+            # Child: async-signal-safe calls only, then exec.
+            sigprocmask(SIG_SETMASK, &empty, NULL)
+            signal(SIGPIPE, <sighandler_t>SIG_DFL)
+            if new_session:
+                setsid()
+            elif new_pgrp:
+                setpgid(0, 0)
+            if pdeathsig:
+                prctl(PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0)
+            # Move every source fd above the target range first, so that a
+            # dup2 never clobbers a source that is still needed.
+            for i in range(nfds):
+                if cfds[i] >= 0:
+                    cfds[i] = fcntl(cfds[i], F_DUPFD_CLOEXEC, nfds + 3)
+                    if cfds[i] < 0:
+                        _child_fail(errpipe[1], errno)
+            for i in range(nfds):
+                if cfds[i] >= 0:
+                    if dup2(cfds[i], i) < 0:
+                        _child_fail(errpipe[1], errno)
+                else:
+                    close(i)
+            # Everything else closes at exec (errpipe too: it is CLOEXEC and
+            # must stay open until then to report a failed exec).
+            if syscall(SYS_close_range, nfds, <unsigned int>0xFFFFFFFF, CLOSE_RANGE_CLOEXEC) != 0:
+                for i in range(nfds, 4096):
+                    if i != errpipe[1]:
+                        close(i)
+            if pcwd != NULL and chdir(pcwd) != 0:
+                _child_fail(errpipe[1], errno)
+            if search_path:
+                execvpe(ppath, cargv, cenv)
+            else:
+                execve(ppath, cargv, cenv)
+            _child_fail(errpipe[1], errno)
+        if pid < 0:
+            err = errno
+            close(errpipe[0])
+            close(errpipe[1])
+            raise OSError(err, "fork")
+        close(errpipe[1])
+        while True:
+            n = read(errpipe[0], &err, sizeof(int))
+            if n < 0 and errno == EINTR:
+                continue
+            break
+        close(errpipe[0])
+        if n == sizeof(int):
+            # The child has _exit()ed; the reaper collects it like any child.
+            raise OSError(err, "exec %s failed" % (path,))
+        return pid
+    finally:
+        free(cfds)
+        free(cargv)
+        free(cenv)
+
+
+cdef void _child_fail(int fd, int err) noexcept nogil:
+    write(fd, &err, sizeof(int))
+    _exit(127)
