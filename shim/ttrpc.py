@@ -1,0 +1,459 @@
+"""ttrpc over unix sockets: a concurrent server, an async client (events to
+containerd) and a blocking client (tests, benchmarks, `start`).
+
+Wire format: /work/shared/spec/ttrpc.md (frames in shim.frame, messages in
+shim.pb.ttrpc). Every request runs as its own coroutine, so a blocking Wait
+never holds up Start/State/Kill on the same connection; responses go out in
+completion order.
+"""
+import os
+import _socket
+
+from shim import frame as _frame
+from shim.loop import Future, Task, get_loop, wait_for
+from shim.pb import ttrpc as _pb
+from shim.pb import wkt as _wkt
+
+# gRPC status codes used by the shim.
+OK = 0
+CANCELED = 1
+UNKNOWN = 2
+INVALID_ARGUMENT = 3
+DEADLINE_EXCEEDED = 4
+NOT_FOUND = 5
+ALREADY_EXISTS = 6
+PERMISSION_DENIED = 7
+RESOURCE_EXHAUSTED = 8
+FAILED_PRECONDITION = 9
+OUT_OF_RANGE = 11
+UNIMPLEMENTED = 12
+INTERNAL = 13
+UNAVAILABLE = 14
+
+_SO_PEERCRED = 17
+_READ_SIZE = 1 << 16
+
+
+class TTRPCError(Exception):
+    """An error with a gRPC status code; `message` is sent as-is."""
+
+    def __init__(self, code, message):
+        Exception.__init__(self, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+def not_found(msg):
+    return TTRPCError(NOT_FOUND, msg + ": not found")
+
+
+def already_exists(msg):
+    return TTRPCError(ALREADY_EXISTS, msg + ": already exists")
+
+
+def failed_precondition(msg):
+    return TTRPCError(FAILED_PRECONDITION, msg + ": failed precondition")
+
+
+def invalid_argument(msg):
+    return TTRPCError(INVALID_ARGUMENT, msg + ": invalid argument")
+
+
+def unimplemented(msg):
+    return TTRPCError(UNIMPLEMENTED, msg + ": not implemented")
+
+
+class Context:
+    """Per-call information handed to handlers."""
+    __slots__ = ("metadata", "timeout", "conn")
+
+    def __init__(self, metadata, timeout, conn):
+        self.metadata = metadata
+        self.timeout = timeout
+        self.conn = conn
+
+
+class Server:
+    """Serves registered methods on listening unix sockets.
+
+    register(service, method, request_cls, handler): handler is
+    `async def handler(request, ctx) -> message` (anything with .encode()).
+    """
+
+    def __init__(self, loop=None, check_peer=True, log=None):
+        self.loop = loop or get_loop()
+        self.methods = {}
+        self.check_peer = check_peer
+        self.log = log
+        self.listeners = []
+        self.connections = set()
+        self.on_connection_closed = None
+
+    def register(self, service, method, request_cls, handler):
+        self.methods[(service, method)] = (request_cls, handler)
+
+    def register_service(self, service, table):
+        for method, (request_cls, handler) in table.items():
+            self.register(service, method, request_cls, handler)
+
+    def listen_fd(self, fd):
+        sock = _socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self.listeners.append(sock)
+        self.loop.add_reader(sock.fileno(), lambda: self._accept(sock))
+        return sock
+
+    def listen(self, path, backlog=128):
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(backlog)
+        return self.listen_fd(sock.detach())
+
+    def close_listeners(self):
+        for sock in self.listeners:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self.listeners = []
+
+    def close(self):
+        self.close_listeners()
+        for conn in list(self.connections):
+            conn.close()
+
+    def _accept(self, sock):
+        while True:
+            try:
+                fd, _addr = sock._accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if self.log:
+                    self.log.warning("accept failed: %s" % e)
+                return
+            if self.check_peer and not _peer_is_us(fd):
+                # Like the Go servers: drop the connection, no error frame.
+                os.close(fd)
+                continue
+            self.connections.add(ServerConnection(self, fd))
+
+
+def _peer_is_us(fd):
+    s = _socket.socket(fileno=fd)
+    try:
+        cred = s.getsockopt(_socket.SOL_SOCKET, _SO_PEERCRED, 12)
+    except OSError:
+        return False
+    finally:
+        s.detach()
+    uid = int.from_bytes(cred[4:8], "little")
+    gid = int.from_bytes(cred[8:12], "little")
+    return uid == os.geteuid() and gid == os.getegid()
+
+
+class _Stream:
+    """Buffered non-blocking writer for one socket; frames are written whole
+    and in order."""
+    __slots__ = ("loop", "fd", "out", "closed", "on_error")
+
+    def __init__(self, loop, fd, on_error):
+        self.loop = loop
+        self.fd = fd
+        self.out = []
+        self.closed = False
+        self.on_error = on_error
+
+    def write(self, data):
+        if self.closed:
+            return
+        if self.out:
+            self.out.append(data)
+            return
+        try:
+            n = os.write(self.fd, data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self.on_error()
+            return
+        if n < len(data):
+            self.out.append(memoryview(data)[n:])
+            self.loop.add_writer(self.fd, self._flush)
+
+    def _flush(self):
+        while self.out:
+            data = self.out[0]
+            try:
+                n = os.write(self.fd, data)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.on_error()
+                return
+            if n < len(data):
+                self.out[0] = memoryview(data)[n:]
+                return
+            self.out.pop(0)
+        self.loop.remove_writer(self.fd)
+
+
+class ServerConnection:
+    def __init__(self, server, fd):
+        self.server = server
+        self.loop = server.loop
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.reader = _frame.FrameReader()
+        self.stream = _Stream(self.loop, fd, self.close)
+        self.inflight = {}
+        self.closed = False
+        self.loop.add_reader(fd, self._on_readable)
+
+    def _on_readable(self):
+        try:
+            data = os.read(self.fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        try:
+            frames = self.reader.feed(data)
+        except _frame.FrameError as e:
+            if self.server.log:
+                self.server.log.warning("ttrpc: closing connection: %s" % e)
+            self.close()
+            return
+        for fr in frames:
+            self._on_frame(fr)
+
+    def _on_frame(self, fr):
+        stream_id, mtype, _flags, data = fr[0], fr[1], fr[2], fr[3]
+        if mtype != _frame.TYPE_REQUEST:
+            return      # responses/data from a client: ignored (ttrpc 1.1)
+        if data is None:
+            self._reply_error(stream_id, RESOURCE_EXHAUSTED,
+                              "message length %d exceed maximum message size of %d"
+                              % (fr[4], _frame.MAX_DATA))
+            return
+        if stream_id % 2 == 0:
+            self._reply_error(stream_id, INVALID_ARGUMENT,
+                              "StreamID must be odd for client initiated streams")
+            return
+        try:
+            req = _pb.Request.decode(data)
+        except ValueError as e:
+            self._reply_error(stream_id, INVALID_ARGUMENT, "unmarshal request error: %s" % e)
+            return
+        entry = self.server.methods.get((req.service, req.method))
+        if entry is None:
+            if any(s == req.service for s, _m in self.server.methods):
+                self._reply_error(stream_id, UNIMPLEMENTED, "method %s" % req.method)
+            else:
+                self._reply_error(stream_id, UNIMPLEMENTED, "service %s" % req.service)
+            return
+        request_cls, handler = entry
+        try:
+            msg = request_cls.decode(req.payload)
+        except ValueError as e:
+            self._reply_error(stream_id, INTERNAL, "ttrpc: error unmarshalling payload: %s" % e)
+            return
+        timeout = req.timeout_nano / 1e9 if req.timeout_nano > 0 else None
+        ctx = Context(req.metadata, timeout, self)
+        task = Task(self._run(stream_id, handler, msg, ctx))
+        self.inflight[stream_id] = task
+
+    async def _run(self, stream_id, handler, msg, ctx):
+        try:
+            if ctx.timeout is None:
+                resp = await handler(msg, ctx)
+            else:
+                resp = await wait_for(Task(handler(msg, ctx)), ctx.timeout)
+        except TTRPCError as e:
+            self._reply_error(stream_id, e.code, e.message)
+        except TimeoutError:
+            self._reply_error(stream_id, DEADLINE_EXCEEDED, "context deadline exceeded")
+        except Exception as e:
+            self.loop.report(e, "handler %r" % (handler,))
+            self._reply_error(stream_id, UNKNOWN, str(e) or e.__class__.__name__)
+        else:
+            payload = resp.encode() if resp is not None else b""
+            self._send(stream_id, _pb.Response(payload=payload).encode())
+        finally:
+            self.inflight.pop(stream_id, None)
+
+    def _reply_error(self, stream_id, code, message):
+        st = _wkt.Status(code=code, message=message)
+        self._send(stream_id, _pb.Response(status=st).encode())
+
+    def _send(self, stream_id, data):
+        if self.closed:
+            return
+        if len(data) > _frame.MAX_DATA:
+            st = _wkt.Status(code=RESOURCE_EXHAUSTED,
+                             message="response too large: %d bytes" % len(data))
+            data = _pb.Response(status=st).encode()
+        self.stream.write(_frame.encode_frame(stream_id, _frame.TYPE_RESPONSE, 0, data))
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        self.stream.closed = True
+        self.loop.remove_reader(self.fd)
+        if self.stream.out:
+            self.loop.remove_writer(self.fd)
+        os.close(self.fd)
+        self.server.connections.discard(self)
+        if self.server.on_connection_closed is not None:
+            self.server.on_connection_closed(self)
+
+
+def _unix_path(address):
+    if address.startswith("unix://"):
+        address = address[len("unix://"):]
+    return address
+
+
+class Client:
+    """Async ttrpc client on the shim's loop. Calls fail with TTRPCError
+    (UNAVAILABLE) if the connection drops; the next call reconnects."""
+
+    def __init__(self, address, loop=None, metadata=None):
+        self.path = _unix_path(address)
+        self.loop = loop or get_loop()
+        self.metadata = metadata or []
+        self.fd = -1
+        self.next_id = 1
+        self.pending = {}
+        self.reader = None
+        self.stream = None
+
+    def _connect(self):
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except OSError as e:
+            sock.close()
+            raise TTRPCError(UNAVAILABLE, "connect %s: %s" % (self.path, e))
+        self.fd = sock.detach()
+        os.set_blocking(self.fd, False)
+        self.reader = _frame.FrameReader()
+        self.stream = _Stream(self.loop, self.fd, self._lost)
+        self.loop.add_reader(self.fd, self._on_readable)
+
+    async def call(self, service, method, request, response_cls=None, timeout=None):
+        if self.fd < 0:
+            self._connect()
+        sid = self.next_id
+        self.next_id += 2
+        md = [_pb.KeyValue(key=k, value=v) for k, v in self.metadata]
+        req = _pb.Request(service=service, method=method, payload=request.encode(),
+                          timeout_nano=int(timeout * 1e9) if timeout else 0, metadata=md)
+        fut = Future()
+        self.pending[sid] = fut
+        self.stream.write(_frame.encode_frame(sid, _frame.TYPE_REQUEST, 0, req.encode()))
+        try:
+            data = await (fut if timeout is None else wait_for(fut, timeout))
+        except TimeoutError:
+            raise TTRPCError(DEADLINE_EXCEEDED, "context deadline exceeded")
+        finally:
+            self.pending.pop(sid, None)
+        resp = _pb.Response.decode(data)
+        if resp.status is not None and resp.status.code != OK:
+            raise TTRPCError(resp.status.code, resp.status.message)
+        if response_cls is None:
+            return resp.payload
+        return response_cls.decode(resp.payload)
+
+    def _on_readable(self):
+        try:
+            data = os.read(self.fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lost()
+            return
+        try:
+            frames = self.reader.feed(data)
+        except _frame.FrameError:
+            self._lost()
+            return
+        for fr in frames:
+            fut = self.pending.get(fr[0])
+            if fut is not None and fr[1] == _frame.TYPE_RESPONSE and fr[3] is not None:
+                fut.set_result(fr[3])
+
+    def _lost(self):
+        self.close()
+
+    def close(self):
+        if self.fd >= 0:
+            self.loop.remove_reader(self.fd)
+            if self.stream.out:
+                self.loop.remove_writer(self.fd)
+            self.stream.closed = True
+            os.close(self.fd)
+            self.fd = -1
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            fut.set_exception(TTRPCError(UNAVAILABLE, "ttrpc: closed"))
+
+
+class SyncClient:
+    """Blocking client for tests, benchmarks and short-lived commands."""
+
+    def __init__(self, address, timeout=10.0):
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(_unix_path(address))
+        self.reader = _frame.FrameReader()
+        self.next_id = 1
+        self.frames = {}
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def recv_frame(self, stream_id=None):
+        """Next frame (for stream_id if given) as the reader's tuple."""
+        while True:
+            if stream_id is None and self.frames:
+                return self.frames.pop(next(iter(self.frames)))
+            if stream_id in self.frames:
+                return self.frames.pop(stream_id)
+            data = self.sock.recv(_READ_SIZE)
+            if not data:
+                raise TTRPCError(UNAVAILABLE, "ttrpc: closed")
+            for fr in self.reader.feed(data):
+                self.frames[fr[0]] = fr
+
+    def call_raw(self, service, method, payload, timeout_nano=0, metadata=()):
+        sid = self.next_id
+        self.next_id += 2
+        req = _pb.Request(service=service, method=method, payload=payload,
+                          timeout_nano=timeout_nano,
+                          metadata=[_pb.KeyValue(key=k, value=v) for k, v in metadata])
+        self.sock.sendall(_frame.encode_frame(sid, _frame.TYPE_REQUEST, 0, req.encode()))
+        return _pb.Response.decode(self.recv_frame(sid)[3])
+
+    def call(self, service, method, request, response_cls=None, timeout_nano=0, metadata=()):
+        resp = self.call_raw(service, method, request.encode(), timeout_nano, metadata)
+        if resp.status is not None and resp.status.code != OK:
+            raise TTRPCError(resp.status.code, resp.status.message)
+        return resp.payload if response_cls is None else response_cls.decode(resp.payload)
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
