@@ -1,0 +1,69 @@
+"""Process state: the init process of a container and its execs.
+
+States and error texts follow the Go runc shim (spec task-service.md §2-3):
+state errors are code 2 (Unknown) with bare text.
+"""
+import time
+
+from shim.loop import Future
+from shim.ttrpc import TTRPCError, UNKNOWN
+
+UNKNOWN_STATUS = 0
+CREATED = 1
+RUNNING = 2
+STOPPED = 3
+PAUSED = 4
+PAUSING = 5
+
+STATE_NAMES = {CREATED: "created", RUNNING: "running", STOPPED: "stopped",
+               PAUSED: "paused", PAUSING: "pausing"}
+
+# Go emits "not exited yet" timestamps as 0001-01-01T00:00:00Z.
+ZERO_TIME = -62135596800
+
+
+def state_error(text):
+    return TTRPCError(UNKNOWN, text)
+
+
+class Process:
+    """One process: the init (exec_id "") or an exec."""
+
+    def __init__(self, container, exec_id, stdin, stdout, stderr, terminal, io):
+        self.container = container
+        self.exec_id = exec_id
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.terminal = terminal
+        self.io = io
+        self.pid = 0
+        self.status = CREATED
+        self.exit_status = 0
+        self.exited_at = None          # float time, None while not exited
+        self.exited = Future()         # resolved (after /tasks/exit) on exit
+        self.starting = False          # Start in flight: hold the exit back
+        self.held_exit = None          # (status, when) reaped during Start
+        self.reaped = False
+
+    @property
+    def id(self):
+        return self.exec_id or self.container.id
+
+    def exited_at_seconds(self):
+        return self.exited_at
+
+    def check_start(self):
+        if self.status != CREATED:
+            raise state_error("cannot start a %s process" % STATE_NAMES[self._base_status()])
+
+    def _base_status(self):
+        return self.status
+
+    def check_delete(self):
+        if self.status in (RUNNING, PAUSED, PAUSING):
+            raise state_error("cannot delete a %s process" % STATE_NAMES[self.status])
+
+    def record_exit(self, status, when=None):
+        self.reaped = True
+        self.status = STOPPED
+        self.exit_status = status
+        self.exited_at = when if when is not None else time.time()

@@ -1,0 +1,73 @@
+"""Serve mode: the long-lived shim process containerd talks to."""
+import os
+
+from shim import ttrpc
+from shim.events import Publisher
+from shim.log import log
+from shim.loop import get_loop, wait_for
+from shim.reaper import Reaper
+from shim.task import TaskService
+
+SIGINT = 2
+SIGTERM = 15
+TASK_SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
+
+
+def _socket_path(bundle):
+    """Our listening socket's path, from the `address` file `start` wrote."""
+    try:
+        with open(os.path.join(bundle, "address")) as f:
+            addr = f.read().strip()
+    except OSError:
+        return None
+    if addr.startswith("unix://"):
+        return addr[len("unix://"):]
+    return None
+
+
+def serve(flags, listen_fd):
+    bundle = os.getcwd()
+    log.configure(bundle, flags.debug)
+    loop = get_loop()
+    loop.on_error = lambda exc, where: log.error("unexpected error in %s: %r" % (where, exc))
+    socket_path = flags.socket or _socket_path(bundle)
+
+    reaper = Reaper(loop)
+    publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), flags.namespace, loop, log)
+    server = ttrpc.Server(loop, log=log)
+    stopping = []
+
+    def shutdown():
+        if stopping:
+            return
+        stopping.append(True)
+        server.close_listeners()
+        if socket_path:
+            try:
+                os.unlink(socket_path)
+            except OSError:
+                pass
+
+        async def finish():
+            # Flush queued events (bounded, like Go), then leave.
+            try:
+                await wait_for(publisher.wait_idle(), 5.0)
+            except TimeoutError:
+                log.warning("exiting with %d unsent events" % len(publisher.queue))
+            server.close()
+            loop.stop()
+        loop.spawn(finish())
+
+    service = TaskService(flags.namespace, reaper, publisher, log, shutdown)
+    for name in TASK_SERVICES:
+        server.register_service(name, service.methods())
+    server.listen_fd(listen_fd)
+
+    def on_term(signo):
+        log.info("shim received signal %d, shutting down" % signo)
+        shutdown()
+    loop.add_signal(SIGTERM, on_term)
+    loop.add_signal(SIGINT, on_term)
+    log.debug("serving %s on %s" % (flags.id, socket_path))
+    loop.run_forever()
+    os._exit(0)

@@ -1,0 +1,415 @@
+"""The containerd.task.v2.Task service (also served as containerd.task.v3.Task).
+
+One shim process serves any number of containers (a pod, a group); every
+call is routed by id. Behaviour and errors follow spec task-service.md.
+"""
+import os
+
+from shim import jsonlite, mount, runc as runc_mod
+from shim.io import ProcessIO
+from shim.loop import get_loop, wait_for
+from shim.pb import events as ev
+from shim.pb import task as pb
+from shim.pb import wkt
+from shim.process import (CREATED, PAUSED, PAUSING, RUNNING, STOPPED, ZERO_TIME,
+                          Process, state_error)
+from shim.ttrpc import TTRPCError, UNKNOWN, already_exists, invalid_argument, not_found
+
+EMPTY = wkt.Empty()
+RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+IO_DRAIN_ON_EXIT = 1.0      # seconds the exit event waits for output to drain
+IO_DRAIN_ON_DELETE = 10.0
+
+
+def _ts(t):
+    if t is None:
+        return wkt.Timestamp(seconds=ZERO_TIME)
+    sec = int(t)
+    return wkt.Timestamp(seconds=sec, nanos=int((t - sec) * 1e9))
+
+
+class Container:
+    def __init__(self, cid, bundle, runc, rootfs_mounted, private_pidns):
+        self.id = cid
+        self.bundle = bundle
+        self.runc = runc
+        self.rootfs_mounted = rootfs_mounted
+        self.private_pidns = private_pidns
+        self.init = None
+        self.execs = {}
+
+    def process(self, exec_id):
+        if not exec_id:
+            return self.init
+        p = self.execs.get(exec_id)
+        if p is None:
+            raise not_found("process does not exist %s" % exec_id)
+        return p
+
+
+class TaskService:
+    def __init__(self, namespace, reaper, publisher, log, shutdown_cb=None):
+        self.loop = get_loop()
+        self.namespace = namespace
+        self.reaper = reaper
+        self.publisher = publisher
+        self.log = log
+        self.containers = {}
+        self.by_pid = {}            # pid -> Process (running/created ones)
+        self.creating = 0           # Creates whose pid is not known yet
+        self.early_exits = {}       # pid -> (status, when) reaped before known
+        self.shutdown_cb = shutdown_cb
+        reaper.on_exit = self._on_exit
+
+    # ---- table used by the ttrpc server ----------------------------------
+    def methods(self):
+        return {
+            "State": (pb.StateRequest, self.state),
+            "Create": (pb.CreateTaskRequest, self.create),
+            "Start": (pb.StartRequest, self.start),
+            "Delete": (pb.DeleteRequest, self.delete),
+            "Pids": (pb.PidsRequest, self.pids),
+            "Pause": (pb.PauseRequest, self.pause),
+            "Resume": (pb.ResumeRequest, self.resume),
+            "Checkpoint": (pb.CheckpointTaskRequest, self.checkpoint),
+            "Kill": (pb.KillRequest, self.kill),
+            "Exec": (pb.ExecProcessRequest, self.exec),
+            "ResizePty": (pb.ResizePtyRequest, self.resize_pty),
+            "CloseIO": (pb.CloseIORequest, self.close_io),
+            "Update": (pb.UpdateTaskRequest, self.update),
+            "Wait": (pb.WaitRequest, self.wait),
+            "Stats": (pb.StatsRequest, self.stats),
+            "Connect": (pb.ConnectRequest, self.connect),
+            "Shutdown": (pb.ShutdownRequest, self.shutdown),
+        }
+
+    def _container(self, cid):
+        c = self.containers.get(cid)
+        if c is None:
+            raise not_found("container not created")
+        return c
+
+    def _publish(self, topic, msg):
+        self.publisher.publish(topic, msg)
+
+    # ---- exits -----------------------------------------------------------
+    def _on_exit(self, pid, status, when):
+        p = self.by_pid.get(pid)
+        if p is None:
+            if self.creating:
+                self.early_exits[pid] = (status, when)
+            return
+        if p.starting:
+            p.held_exit = (status, when)
+            return
+        self._process_exited(p, status, when)
+
+    def _process_exited(self, p, status, when):
+        self.by_pid.pop(p.pid, None)
+        if p.status == STOPPED:
+            return
+        p.record_exit(status, when)
+        self.loop.spawn(self._finish_exit(p))
+
+    async def _finish_exit(self, p):
+        c = p.container
+        if p is c.init and not c.private_pidns:
+            # Shared pid namespace: nothing kills the rest for us.
+            try:
+                await c.runc.kill(c.id, c.bundle, 9, all=True)
+            except Exception as e:
+                self.log.warning("killall of %s failed: %s" % (c.id, e))
+        # Let the last output reach the client before the exit event.
+        await p.io.wait_copied(IO_DRAIN_ON_EXIT)
+        self._publish("/tasks/exit", ev.TaskExit(
+            container_id=c.id, id=p.id, pid=p.pid, exit_status=p.exit_status,
+            exited_at=_ts(p.exited_at)))
+        p.exited.set_result(None)
+
+    # ---- RPCs ------------------------------------------------------------
+    async def create(self, req, ctx):
+        cid = req.id
+        if not cid:
+            raise invalid_argument("id must not be empty")
+        if cid in self.containers:
+            raise already_exists("container %s" % cid)
+        bundle = req.bundle
+        opts = self._runc_options(req.options)
+        if req.terminal:
+            raise TTRPCError(12, "terminal is not supported yet: not implemented")
+        runc = runc_mod.Runc(
+            binary=opts.get("binary_name") or "runc",
+            root=opts.get("root") or runc_mod.DEFAULT_ROOT,
+            namespace=self.namespace,
+            systemd_cgroup=bool(opts.get("systemd_cgroup")),
+            criu_path=opts.get("criu_path") or "",
+            reaper=self.reaper)
+        container = Container(cid, bundle, runc, False, _private_pidns(bundle))
+        # Reserve the id before the first await: a concurrent duplicate
+        # Create must not touch this container's mounts.
+        self.containers[cid] = container
+        io = None
+        self.creating += 1
+        try:
+            rootfs = os.path.join(bundle, "rootfs")
+            if req.rootfs:
+                os.makedirs(rootfs, 0o711, exist_ok=True)
+                mount.mount_all(req.rootfs, rootfs)
+                container.rootfs_mounted = True
+            runc_mod.write_bundle_options(bundle, opts)
+            io = ProcessIO(req.stdin, req.stdout, req.stderr, req.terminal,
+                           opts.get("io_uid", 0), opts.get("io_gid", 0))
+            io.open()
+            try:
+                await runc.create(cid, bundle, stdio=io.runc_fds(),
+                                  no_pivot=bool(opts.get("no_pivot_root")),
+                                  no_new_keyring=bool(opts.get("no_new_keyring")))
+            except runc_mod.RuncError as e:
+                raise runc_mod.runc_error("OCI runtime create failed", e)
+            pid = runc_mod.read_pid_file(os.path.join(bundle, "init.pid"))
+            io.start()
+            p = Process(container, "", req.stdin, req.stdout, req.stderr, req.terminal, io)
+            p.pid = pid
+            container.init = p
+            self.by_pid[pid] = p
+        except BaseException:
+            if io is not None:
+                io.close()
+            if container.rootfs_mounted:
+                try:
+                    mount.unmount_all(os.path.join(bundle, "rootfs"))
+                except OSError as e:
+                    self.log.warning("unmount after failed create: %s" % e)
+            del self.containers[cid]
+            raise
+        finally:
+            self.creating -= 1
+            if not self.creating:
+                early, self.early_exits = self.early_exits, {}
+            else:
+                early = self.early_exits
+        self._publish("/tasks/create", ev.TaskCreate(
+            container_id=cid, bundle=bundle, rootfs=list(req.rootfs),
+            io=ev.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
+                         terminal=req.terminal),
+            checkpoint=req.checkpoint, pid=pid))
+        held = early.pop(pid, None)
+        if held is not None:
+            self._process_exited(p, *held)
+        return pb.CreateTaskResponse(pid=pid)
+
+    def _runc_options(self, any_opts):
+        if any_opts is None or not any_opts.type_url:
+            return {}
+        if any_opts.type_url != RUNC_OPTIONS_URL:
+            raise invalid_argument("unsupported runtime options type %s" % any_opts.type_url)
+        from shim.pb import runc as runc_pb
+        o = runc_pb.Options.decode(any_opts.value)
+        return {"no_pivot_root": o.no_pivot_root, "no_new_keyring": o.no_new_keyring,
+                "shim_cgroup": o.shim_cgroup, "io_uid": o.io_uid, "io_gid": o.io_gid,
+                "binary_name": o.binary_name, "root": o.root, "criu_path": o.criu_path,
+                "systemd_cgroup": o.systemd_cgroup}
+
+    async def start(self, req, ctx):
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        if p.exec_id:
+            raise TTRPCError(12, "exec is not supported yet: not implemented")
+        if p.status == PAUSED:
+            raise state_error("cannot start a paused process")
+        p.check_start()
+        p.starting = True
+        try:
+            try:
+                await c.runc.start(c.id, c.bundle)
+            except runc_mod.RuncError as e:
+                raise runc_mod.runc_error("OCI runtime start failed", e)
+            if p.status == CREATED:
+                p.status = RUNNING
+            self._publish("/tasks/start", ev.TaskStart(container_id=c.id, pid=p.pid))
+        finally:
+            p.starting = False
+            if p.held_exit is not None:
+                held, p.held_exit = p.held_exit, None
+                self._process_exited(p, *held)
+        return pb.StartResponse(pid=p.pid)
+
+    async def delete(self, req, ctx):
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        if p.exec_id:
+            p.check_delete()
+            del c.execs[p.exec_id]
+            p.io.close()
+            return pb.DeleteResponse(pid=p.pid, exit_status=p.exit_status,
+                                     exited_at=_ts(p.exited_at))
+        p.check_delete()
+        was_created = p.status == CREATED
+        try:
+            await c.runc.delete(c.id, c.bundle)
+        except runc_mod.RuncError as e:
+            raise runc_mod.runc_error("failed to delete task", e)
+        if was_created:
+            # runc killed its waiting init: give the reaper a moment.
+            try:
+                await wait_for(p.exited, 2.0)
+            except TimeoutError:
+                pass
+        else:
+            await p.io.wait_copied(IO_DRAIN_ON_DELETE)
+        p.io.close()
+        if c.rootfs_mounted:
+            try:
+                mount.unmount_all(os.path.join(c.bundle, "rootfs"))
+            except OSError as e:
+                self.log.warning("unmount rootfs of %s: %s" % (c.id, e))
+        self.by_pid.pop(p.pid, None)
+        del self.containers[c.id]
+        self._publish("/tasks/delete", ev.TaskDelete(
+            container_id=c.id, pid=p.pid, exit_status=p.exit_status,
+            exited_at=_ts(p.exited_at)))
+        return pb.DeleteResponse(pid=p.pid, exit_status=p.exit_status,
+                                 exited_at=_ts(p.exited_at))
+
+    async def state(self, req, ctx):
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        status = p.status
+        if p.exec_id and c.init.status in (PAUSED, PAUSING) and status == RUNNING:
+            status = c.init.status
+        return pb.StateResponse(
+            id=p.id, bundle=c.bundle, pid=p.pid, status=status, stdin=p.stdin,
+            stdout=p.stdout, stderr=p.stderr, terminal=p.terminal,
+            exit_status=p.exit_status, exited_at=_ts(p.exited_at))
+
+    async def wait(self, req, ctx):
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        await p.exited
+        return pb.WaitResponse(exit_status=p.exit_status, exited_at=_ts(p.exited_at))
+
+    async def kill(self, req, ctx):
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        if p.exec_id:
+            raise TTRPCError(12, "exec is not supported yet: not implemented")
+        try:
+            await c.runc.kill(c.id, c.bundle, req.signal, all=req.all)
+        except runc_mod.RuncError as e:
+            raise runc_mod.classify_kill_error(str(e))
+        return EMPTY
+
+    async def pids(self, req, ctx):
+        c = self._container(req.id)
+        try:
+            pids = await c.runc.ps(c.id, c.bundle)
+        except runc_mod.RuncError as e:
+            raise TTRPCError(UNKNOWN, "failed to list pids: %s" % e)
+        from shim.pb import types
+        by_pid = {p.pid: p for p in c.execs.values() if p.pid}
+        out = []
+        for pid in pids:
+            info = None
+            e = by_pid.get(pid)
+            if e is not None:
+                from shim.pb import runc as runc_pb
+                d = runc_pb.ProcessDetails(exec_id=e.exec_id)
+                info = wkt.Any(type_url=d.FULL_NAME, value=d.encode())
+            out.append(types.ProcessInfo(pid=pid, info=info))
+        return pb.PidsResponse(processes=out)
+
+    async def pause(self, req, ctx):
+        c = self._container(req.id)
+        p = c.init
+        if p.status != RUNNING:
+            raise state_error({CREATED: "cannot pause task in created state",
+                               PAUSED: "cannot pause a paused container",
+                               STOPPED: "cannot pause a stopped container"}.get(
+                                   p.status, "cannot pause a pausing container"))
+        p.status = PAUSING
+        try:
+            await c.runc.pause(c.id, c.bundle)
+        except runc_mod.RuncError as e:
+            if p.status == PAUSING:
+                p.status = RUNNING
+            raise runc_mod.runc_error("OCI runtime pause failed", e)
+        if p.status == PAUSING:
+            p.status = PAUSED
+        self._publish("/tasks/paused", ev.TaskPaused(container_id=c.id))
+        return EMPTY
+
+    async def resume(self, req, ctx):
+        c = self._container(req.id)
+        p = c.init
+        if p.status != PAUSED:
+            raise state_error({CREATED: "cannot resume task in created state",
+                               RUNNING: "cannot resume a running process",
+                               STOPPED: "cannot resume a stopped container"}.get(
+                                   p.status, "cannot resume a pausing container"))
+        try:
+            await c.runc.resume(c.id, c.bundle)
+        except runc_mod.RuncError as e:
+            raise runc_mod.runc_error("OCI runtime resume failed", e)
+        if p.status == PAUSED:
+            p.status = RUNNING
+        self._publish("/tasks/resumed", ev.TaskResumed(container_id=c.id))
+        return EMPTY
+
+    async def update(self, req, ctx):
+        c = self._container(req.id)
+        if c.init.status == STOPPED:
+            raise state_error("cannot update a stopped container")
+        value = req.resources.value if req.resources is not None else b"{}"
+        try:
+            await c.runc.update(c.id, c.bundle, value)
+        except runc_mod.RuncError as e:
+            raise TTRPCError(UNKNOWN, str(e))
+        return EMPTY
+
+    async def close_io(self, req, ctx):
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        p.io.close_stdin()
+        return EMPTY
+
+    async def resize_pty(self, req, ctx):
+        c = self._container(req.id)
+        c.process(req.exec_id)
+        return EMPTY
+
+    async def exec(self, req, ctx):
+        self._container(req.id)
+        raise TTRPCError(12, "exec is not supported yet: not implemented")
+
+    async def checkpoint(self, req, ctx):
+        self._container(req.id)
+        raise TTRPCError(12, "checkpoint is not supported yet: not implemented")
+
+    async def stats(self, req, ctx):
+        self._container(req.id)
+        raise TTRPCError(12, "stats are not supported yet: not implemented")
+
+    async def connect(self, req, ctx):
+        c = self.containers.get(req.id)
+        pid = c.init.pid if c is not None and c.init is not None else 0
+        return pb.ConnectResponse(shim_pid=os.getpid(), task_pid=pid)
+
+    async def shutdown(self, req, ctx):
+        if not self.containers and self.shutdown_cb is not None:
+            # Reply first, then exit (containerd ignores a closed connection).
+            self.loop.call_soon(self.shutdown_cb)
+        return EMPTY
+
+
+def _private_pidns(bundle):
+    """Whether the container gets its own new PID namespace (then the kernel
+    kills the rest when the init dies)."""
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            spec = jsonlite.loads(f.read())
+    except (OSError, ValueError):
+        return True
+    for ns in (spec.get("linux") or {}).get("namespaces") or []:
+        if ns.get("type") == "pid":
+            return not ns.get("path")
+    return False
