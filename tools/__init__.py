@@ -1,0 +1,1 @@
+"""Build and developer tools (not installed)."""
