@@ -115,10 +115,15 @@ class FrameReader:
         """
         if chunk.__class__ is not bytes:
             chunk = bytes(memoryview(chunk))  # TypeError for non-buffers
-        out = []
         n = len(chunk)
-        pos = 0
         state = self._state
+        if state == _ST_HEADER and n >= HEADER_SIZE and not self._hdr:
+            # Fast path: the chunk is exactly one whole frame (typical).
+            length, sid, mtype, flags = _unpack_from(chunk)
+            if length + HEADER_SIZE == n and length <= MAX_DATA:
+                return [(sid, mtype, flags, chunk[HEADER_SIZE:])]
+        out = []
+        pos = 0
         while pos < n:
             if state == _ST_HEADER:
                 hdr = self._hdr
