@@ -1,0 +1,632 @@
+"""The runc driver (spec runc.md): argv, running runc on the loop, errors.
+
+    r = Runc(reaper=reaper, namespace="default")      # binary/root/... optional
+    await r.create(id, bundle, stdio=(fd0, fd1, fd2))  # -> init pid
+    await r.start(id, bundle)
+    await r.kill(id, bundle, 9, all=True)
+    pids = await r.ps(id, bundle)
+
+Every invocation is `<binary> --root <root>/<ns> --log <bundle>/log.json
+--log-format json [--criu p] [--systemd-cgroup] <command> ...`, spawned with
+shim._native.spawn (PDEATHSIG=SIGKILL, env minus NOTIFY_SOCKET, stdin
+/dev/null unless given, stdout+stderr into one non-blocking pipe). The pid is
+claimed from the Reaper right after spawn, so its exit status cannot be lost
+to waitpid(-1). A failure raises RuncError whose message is the `msg` of the
+last `"level":"error"` line this invocation appended to log.json, else the
+captured output, else `exit status N`.
+
+Bundle files (private to the shim; `delete` reads them in a fresh process):
+  runtime       the runc binary name (Options.binary_name, may be empty)
+  options.json  JSON object, written by write_bundle_options(): the decoded
+                containerd.runc.v1.Options fields by their proto names, e.g.
+                {"binary_name": "runc", "root": "", "systemd_cgroup": false,
+                 "criu_path": "", "no_pivot_root": false, ...}
+"""
+import os
+
+from shim import _native
+
+DEFAULT_BINARY = "runc"
+DEFAULT_ROOT = "/run/containerd/runc"
+INIT_PID_FILE = "init.pid"
+LOG_FILE = "log.json"
+SIGKILL = 9
+
+_MAX_OUTPUT = 4 << 20
+
+
+class RuncError(Exception):
+    """runc failed. `message` is runc's own error text (see module doc);
+    `status` is its exit status (None if it never ran), `output` the bytes
+    it printed."""
+
+    def __init__(self, message, status=None, output=b""):
+        Exception.__init__(self, message)
+        self.message = message
+        self.status = status
+        self.output = output
+
+    def __str__(self):
+        return self.message
+
+
+# ---- bundle files ----------------------------------------------------------
+
+def _write_atomic(path, data):
+    tmp = os.path.join(os.path.dirname(path), ".%s.tmp%d" % (os.path.basename(path), os.getpid()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        while data:
+            n = os.write(fd, data)
+            data = data[n:]
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def write_bundle_options(bundle, opts):
+    """Persist runtime options for the `delete` action: `<bundle>/runtime`
+    (binary name, possibly empty = runc) and `<bundle>/options.json` (the
+    dict as JSON; keys are the Options field names: binary_name, root,
+    systemd_cgroup, criu_path, ...)."""
+    from shim import jsonlite
+    opts = dict(opts or {})
+    _write_atomic(os.path.join(bundle, "options.json"), jsonlite.dumps(opts).encode())
+    _write_atomic(os.path.join(bundle, "runtime"),
+                  (opts.get("binary_name") or "").encode())
+
+
+def read_bundle_options(bundle):
+    """The dict write_bundle_options() stored ({} if there is none)."""
+    try:
+        with open(os.path.join(bundle, "options.json"), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return {}
+    if not data.strip():
+        return {}
+    from shim import jsonlite
+    v = jsonlite.loads(data)
+    if not isinstance(v, dict):
+        raise ValueError("%s/options.json: not a JSON object" % bundle)
+    return v
+
+
+def read_runtime(bundle):
+    """`<bundle>/runtime` (the runc binary; "" means runc). Raises
+    FileNotFoundError if the file is missing (delete action: exit 1)."""
+    with open(os.path.join(bundle, "runtime"), "rb") as f:
+        return f.read().decode("utf-8", "surrogateescape").strip()
+
+
+def read_pid_file(path):
+    """The pid runc wrote with --pid-file (ValueError / OSError on failure)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return int(data.strip())
+
+
+# ---- error text ------------------------------------------------------------
+
+def _file_size(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def last_error_from_log(data):
+    """msg of the last line with "level":"error" in runc's JSON log (bytes),
+    or None."""
+    from shim import jsonlite
+    msg = None
+    for line in data.splitlines():
+        if b"error" not in line:
+            continue
+        try:
+            entry = jsonlite.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(entry, dict) and entry.get("level") == "error":
+            m = entry.get("msg")
+            if isinstance(m, str):
+                msg = m
+    return msg
+
+
+def read_log_error(log_path, offset=0):
+    """Last runc error message in log_path from byte `offset` on (what one
+    invocation appended). If the file shrank, the whole file is read."""
+    try:
+        with open(log_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if offset > size:
+                offset = 0
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return None
+    return last_error_from_log(data)
+
+
+def error_message(log_msg, output, status):
+    if log_msg:
+        return log_msg
+    if output:
+        text = output.decode("utf-8", "replace").strip()
+        if text:
+            return text
+    return "exit status %d" % status
+
+
+def _exec_error(binary, e):
+    if e.errno == 2 and "/" not in binary:
+        return RuncError('exec: "%s": executable file not found in $PATH' % binary)
+    return RuncError("fork/exec %s: %s" % (binary, e.strerror or e))
+
+
+def runc_error(context, err):
+    """TTRPCError(UNKNOWN, "<context>: <runc message>"), e.g. context
+    "OCI runtime create failed" (spec runc.md §6)."""
+    from shim.ttrpc import TTRPCError, UNKNOWN
+    return TTRPCError(UNKNOWN, "%s: %s" % (context, err))
+
+
+def classify_kill_error(err):
+    """Map a kill failure (runc message, RuncError or OSError) to the Go
+    shim's error (spec task-service.md §4 Kill)."""
+    from shim.ttrpc import TTRPCError, NOT_FOUND, UNKNOWN
+    if isinstance(err, OSError) and err.errno == 3:   # ESRCH
+        return TTRPCError(NOT_FOUND, "process already finished: not found")
+    msg = str(err)
+    if ("process already finished" in msg or "container not running" in msg
+            or "no such process" in msg.lower()):
+        return TTRPCError(NOT_FOUND, "process already finished: not found")
+    if "does not exist" in msg:
+        return TTRPCError(NOT_FOUND, "no such container: not found")
+    return TTRPCError(UNKNOWN, "unknown error after kill: %s" % msg)
+
+
+def checkpoint_error(err, bundle, work_path):
+    """Go shim's checkpoint failure: copy <work>/dump.log to
+    <bundle>/criu-dump.log and return TTRPCError(UNKNOWN, "<first line of
+    the runc error> path= <bundle>/criu-dump.log")."""
+    from shim.ttrpc import TTRPCError, UNKNOWN
+    dump = os.path.join(bundle, "criu-dump.log")
+    try:
+        with open(os.path.join(work_path, "dump.log"), "rb") as src:
+            data = src.read()
+        with open(dump, "wb") as dst:
+            dst.write(data)
+    except OSError:
+        pass
+    first = str(err).split("\n", 1)[0]
+    return TTRPCError(UNKNOWN, "%s path= %s" % (first, dump))
+
+
+# ---- environment / fds -----------------------------------------------------
+
+def runc_env():
+    """The shim's environment minus NOTIFY_SOCKET, as KEY=VALUE strings."""
+    return ["%s=%s" % (k, v) for k, v in os.environ.items() if k != "NOTIFY_SOCKET"]
+
+
+def _devnull(mode=os.O_RDWR):
+    return os.open("/dev/null", mode | os.O_CLOEXEC)
+
+
+def _memfd(data):
+    fd = os.memfd_create("runc-stdin", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _Capture:
+    """Read end of an output pipe, drained through the loop while the child
+    runs and once more after it exited. EOF is not awaited: a grandchild
+    (the container init) may hold the write end."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.r, self.w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.r, False)
+        self.chunks = []
+        self.size = 0
+        self.watching = False
+
+    def start(self):
+        os.close(self.w)
+        self.w = -1
+        self.loop.add_reader(self.r, self._on_readable)
+        self.watching = True
+
+    def _read(self):
+        """Read what is available; False at EOF."""
+        while True:
+            try:
+                b = os.read(self.r, 65536)
+            except BlockingIOError:
+                return True
+            except InterruptedError:
+                continue
+            except OSError:
+                return False
+            if not b:
+                return False
+            if self.size < _MAX_OUTPUT:
+                self.chunks.append(b)
+                self.size += len(b)
+
+    def _on_readable(self):
+        if not self._read():
+            self._unwatch()
+
+    def _unwatch(self):
+        if self.watching:
+            self.watching = False
+            self.loop.remove_reader(self.r)
+
+    def finish(self):
+        if self.r >= 0:
+            self._unwatch()
+            self._read()
+            self.close()
+        return b"".join(self.chunks)
+
+    def close(self):
+        self._unwatch()
+        for fd in (self.r, self.w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.r = self.w = -1
+
+
+# ---- the driver ------------------------------------------------------------
+
+class Runc:
+    def __init__(self, reaper=None, namespace="default", binary=DEFAULT_BINARY,
+                 root=DEFAULT_ROOT, systemd_cgroup=False, criu_path="", loop=None):
+        self.reaper = reaper
+        self.namespace = namespace
+        self.binary = binary or DEFAULT_BINARY
+        self.root = os.path.join(root or DEFAULT_ROOT, namespace)
+        self.systemd_cgroup = bool(systemd_cgroup)
+        self.criu_path = criu_path or ""
+        self._loop = loop
+
+    @property
+    def loop(self):
+        if self._loop is None:
+            if self.reaper is not None:
+                self._loop = self.reaper.loop
+            else:
+                from shim.loop import get_loop
+                self._loop = get_loop()
+        return self._loop
+
+    # -- argv --
+    def command(self, bundle, *args):
+        """Full argv: binary, global flags, then args."""
+        argv = [self.binary, "--root", self.root,
+                "--log", os.path.join(bundle, LOG_FILE), "--log-format", "json"]
+        if self.criu_path:
+            argv += ["--criu", self.criu_path]
+        if self.systemd_cgroup:
+            argv.append("--systemd-cgroup")
+        argv.extend(args)
+        return argv
+
+    # -- running --
+    async def _run(self, bundle, args, stdio=None, stdin_data=None, stdout_only=False):
+        """Run runc with args, await its exit; returns its stdout (bytes) if
+        stdout_only, else the combined output. Raises RuncError on failure.
+
+        stdio: (fd0, fd1, fd2) for runc itself (None entries = /dev/null);
+        then nothing is captured. stdin_data: bytes fed on stdin."""
+        argv = self.command(bundle, *args)
+        log_path = os.path.join(bundle, LOG_FILE)
+        offset = _file_size(log_path)
+        loop = self.loop
+        out = err = None
+        opened = []
+        try:
+            if stdio is not None:
+                fds = list(stdio)[:3]
+                while len(fds) < 3:
+                    fds.append(None)
+                for i in range(3):
+                    if fds[i] is None:
+                        fd = _devnull()
+                        opened.append(fd)
+                        fds[i] = fd
+            else:
+                if stdin_data is not None:
+                    fd0 = _memfd(stdin_data)
+                else:
+                    fd0 = _devnull(os.O_RDONLY)
+                opened.append(fd0)
+                out = _Capture(loop)
+                if stdout_only:
+                    err = _Capture(loop)
+                    fds = [fd0, out.w, err.w]
+                else:
+                    fds = [fd0, out.w, out.w]
+            try:
+                pid = _native.spawn(self.binary, argv, runc_env(), fds, pdeathsig=SIGKILL)
+            except OSError as e:
+                raise _exec_error(self.binary, e) from None
+            exited = self.reaper.watch(pid)
+        except BaseException:
+            for c in (out, err):
+                if c is not None:
+                    c.close()
+            raise
+        finally:
+            for fd in opened:
+                os.close(fd)
+        for c in (out, err):
+            if c is not None:
+                c.start()
+        try:
+            status = await exited
+        finally:
+            output = out.finish() if out is not None else b""
+            errput = err.finish() if err is not None else b""
+        if status != 0:
+            captured = errput if stdout_only else output
+            msg = error_message(read_log_error(log_path, offset), captured, status)
+            raise RuncError(msg, status, captured)
+        return output
+
+    # -- commands --
+    async def create(self, id, bundle, stdio=None, console_socket=None, no_pivot=False,
+                     no_new_keyring=False):
+        """runc create; returns the init pid (from <bundle>/init.pid)."""
+        pid_file = os.path.join(bundle, INIT_PID_FILE)
+        args = ["create", "--bundle", bundle, "--pid-file", pid_file]
+        if console_socket:
+            args += ["--console-socket", console_socket]
+        if no_pivot:
+            args.append("--no-pivot")
+        if no_new_keyring:
+            args.append("--no-new-keyring")
+        args.append(id)
+        await self._run(bundle, args, stdio=stdio)
+        return read_pid_file(pid_file)
+
+    async def start(self, id, bundle):
+        await self._run(bundle, ["start", id])
+
+    async def exec(self, id, bundle, process_spec_json, exec_id, stdio=None,
+                   console_socket=None):
+        """runc exec --detach of an OCI Process JSON; returns the pid (from
+        <bundle>/<exec_id>.pid)."""
+        pid_file = os.path.join(bundle, "%s.pid" % exec_id)
+        spec_path = _write_process_file(process_spec_json)
+        try:
+            args = ["exec", "--process", spec_path]
+            if console_socket:
+                args += ["--console-socket", console_socket]
+            args += ["--detach", "--pid-file", pid_file, id]
+            await self._run(bundle, args, stdio=stdio)
+        finally:
+            try:
+                os.unlink(spec_path)
+            except OSError:
+                pass
+        return read_pid_file(pid_file)
+
+    async def kill(self, id, bundle, signal, all=False):
+        args = ["kill"]
+        if all:
+            args.append("--all")
+        args += [id, str(int(signal))]
+        await self._run(bundle, args)
+
+    async def delete(self, id, bundle, force=False):
+        """runc delete [--force]; a container that does not exist is fine."""
+        args = ["delete"]
+        if force:
+            args.append("--force")
+        args.append(id)
+        try:
+            await self._run(bundle, args)
+        except RuncError as e:
+            if "does not exist" not in e.message:
+                raise
+
+    async def pause(self, id, bundle):
+        await self._run(bundle, ["pause", id])
+
+    async def resume(self, id, bundle):
+        await self._run(bundle, ["resume", id])
+
+    async def ps(self, id, bundle):
+        """Pids of every process in the container's cgroup."""
+        out = await self._run(bundle, ["ps", "--format", "json", id], stdout_only=True)
+        from shim import jsonlite
+        try:
+            pids = jsonlite.loads(out) if out.strip() else []
+        except ValueError as e:
+            raise RuncError("unable to parse runc ps output: %s" % e, 0, out)
+        return [int(p) for p in pids or ()]
+
+    async def state(self, id, bundle):
+        """`runc state` as a dict (ociVersion, id, pid, status, ...)."""
+        out = await self._run(bundle, ["state", id], stdout_only=True)
+        from shim import jsonlite
+        return jsonlite.loads(out)
+
+    async def update(self, id, bundle, resources_json):
+        """runc update --resources - with the LinuxResources JSON on stdin."""
+        await self._run(bundle, ["update", "--resources", "-", id],
+                        stdin_data=bytes(resources_json or b"{}"))
+
+    async def checkpoint(self, id, bundle, image_path, work_path=None, parent_path=None,
+                         leave_running=True, tcp_established=False, ext_unix_sk=False,
+                         shell_job=False, file_locks=False, empty_ns=(), cgroups_mode=""):
+        args = ["checkpoint"] + _criu_args(image_path, work_path, parent_path, tcp_established,
+                                           ext_unix_sk, shell_job, file_locks, empty_ns,
+                                           cgroups_mode)
+        if leave_running:
+            args.append("--leave-running")
+        args.append(id)
+        await self._run(bundle, args)
+
+    async def restore(self, id, bundle, image_path, work_path=None, parent_path=None,
+                      stdio=None, console_socket=None, no_pivot=False,
+                      tcp_established=False, ext_unix_sk=False, shell_job=False,
+                      file_locks=False, empty_ns=(), cgroups_mode=""):
+        """runc restore --detach (Start of a checkpointed create); returns the
+        init pid."""
+        pid_file = os.path.join(bundle, INIT_PID_FILE)
+        args = ["restore"] + _criu_args(image_path, work_path, parent_path, tcp_established,
+                                        ext_unix_sk, shell_job, file_locks, empty_ns,
+                                        cgroups_mode)
+        args += ["--detach", "--pid-file", pid_file]
+        if console_socket:
+            args += ["--console-socket", console_socket]
+        if no_pivot:
+            args.append("--no-pivot")
+        args += ["-no-subreaper", "--bundle", bundle, id]
+        await self._run(bundle, args, stdio=stdio)
+        return read_pid_file(pid_file)
+
+
+def _criu_args(image_path, work_path, parent_path, tcp_established, ext_unix_sk,
+               shell_job, file_locks, empty_ns, cgroups_mode):
+    # Same order as go-runc's CheckpointOpts.args().
+    a = []
+    if image_path:
+        a += ["--image-path", image_path]
+    if work_path:
+        a += ["--work-path", work_path]
+    if parent_path:
+        a += ["--parent-path", parent_path]
+    if tcp_established:
+        a.append("--tcp-established")
+    if ext_unix_sk:
+        a.append("--ext-unix-sk")
+    if shell_job:
+        a.append("--shell-job")
+    if file_locks:
+        a.append("--file-locks")
+    if cgroups_mode:
+        a += ["--manage-cgroups-mode", cgroups_mode]
+    for ns in empty_ns or ():
+        a += ["--empty-ns", ns]
+    return a
+
+
+def _write_process_file(data):
+    """Write the OCI Process JSON to $XDG_RUNTIME_DIR (else $TMPDIR or /tmp)
+    as runc-process<random>; returns the path."""
+    d = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    for _ in range(100):
+        path = os.path.join(d, "runc-process%s" % os.urandom(6).hex())
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        return path
+    raise OSError(17, "cannot create a runc-process file in %s" % d)
+
+
+# ---- blocking use (the short-lived `delete` action) -------------------------
+
+def _exit_code(st):
+    if os.WIFSIGNALED(st):
+        return 128 + os.WTERMSIG(st)
+    if os.WIFEXITED(st):
+        return os.WEXITSTATUS(st)
+    return 255
+
+
+def run_sync(argv, timeout=4.0):
+    """Run argv (no loop, no reaper) with stdin /dev/null and stdout+stderr
+    captured; SIGKILL it after `timeout` seconds. Returns (status, output);
+    status is the exit code, 128+N for a signal, or raises RuncError if it
+    could not be started."""
+    import time
+    null = _devnull(os.O_RDONLY)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            pid = _native.spawn(argv[0], argv, runc_env(), [null, w, w], pdeathsig=SIGKILL)
+        except OSError as e:
+            raise _exec_error(argv[0], e) from None
+    finally:
+        os.close(null)
+        os.close(w)
+    os.set_blocking(r, False)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    status = None
+    try:
+        while True:
+            try:
+                b = os.read(r, 65536)
+                if b:
+                    chunks.append(b)
+                    continue
+            except BlockingIOError:
+                pass
+            wpid, st = os.waitpid(pid, os.WNOHANG)
+            if wpid == pid:
+                status = _exit_code(st)
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, SIGKILL)
+                _, st = os.waitpid(pid, 0)
+                status = _exit_code(st)
+                break
+            time.sleep(0.005)
+        while True:
+            try:
+                b = os.read(r, 65536)
+            except OSError:
+                break
+            if not b:
+                break
+            chunks.append(b)
+    finally:
+        os.close(r)
+    return status, b"".join(chunks)
+
+
+def delete_sync(runc, id, bundle, force=True, timeout=4.0):
+    """Blocking `runc delete [--force] id` for the delete action. Raises
+    RuncError (not for "does not exist")."""
+    args = ["delete"] + (["--force"] if force else []) + [id]
+    argv = runc.command(bundle, *args)
+    log_path = os.path.join(bundle, LOG_FILE)
+    offset = _file_size(log_path)
+    status, output = run_sync(argv, timeout)
+    if status != 0:
+        msg = error_message(read_log_error(log_path, offset), output, status)
+        if "does not exist" in msg:
+            return
+        raise RuncError(msg, status, output)
