@@ -4,7 +4,7 @@ Every test runs against both implementations. The native one is skipped only
 if `shim._native` cannot be imported (the reason is in the skip message and
 in a warning); with PYSHIM_REQUIRE_NATIVE=1 that is a failure instead.
 
-Random cases: 6,850 hypothesis examples plus 170,000 seeded random streams
+Random cases: 6,250 hypothesis examples plus 170,000 seeded random streams
 (random bytes, header-shaped garbage, pure-vs-native differential), each
 split at random chunk boundaries.
 """
@@ -178,7 +178,7 @@ def test_feed_accepts_bytes_like(impl):
 # ---------------------------------------------------------------- round trips
 
 @both
-@settings(max_examples=1000, **SETTINGS)
+@settings(max_examples=800, **SETTINGS)
 @given(frame=frame_st, cuts=st.lists(st.integers(0, 20020), max_size=12))
 def test_roundtrip_single_frame_any_split(impl, frame, cuts):
     wire = impl.encode_frame(*frame)
@@ -195,7 +195,7 @@ def test_roundtrip_single_frame_any_split(impl, frame, cuts):
 
 
 @both
-@settings(max_examples=700, **SETTINGS)
+@settings(max_examples=600, **SETTINGS)
 @given(frames=st.lists(small_frame_st, max_size=30),
        cuts=st.lists(st.integers(0, 10000), max_size=20))
 def test_frame_sequence_any_split(impl, frames, cuts):
