@@ -41,6 +41,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # A failing test that used a private containerd shows the end of its log
+    # (shim logs end up there too, through the bundle's `log` FIFO).
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and rep.when in ("call", "setup"):
+        for name in ("fresh_containerd", "containerd"):
+            c = getattr(item, "funcargs", {}).get(name)
+            if isinstance(c, Containerd):
+                rep.sections.append(("%s log (%s, last 40 lines)" % (name, c.log_path),
+                                     c.log_text(tail=40)))
+
+
 def _unavailable():
     if os.geteuid() != 0:
         return "integration tests need root (they start a private containerd)"
