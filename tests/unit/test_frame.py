@@ -30,7 +30,9 @@ try:
     NATIVE_ERROR = None
 except Exception as e:  # ImportError, AttributeError, or a broken build
     native = None
-    NATIVE_ERROR = "%s: %s" % (type(e).__name__, e)
+    import shim
+
+    NATIVE_ERROR = "%s: %s (shim imported from %s)" % (type(e).__name__, e, shim.__file__)
     if os.environ.get("PYSHIM_REQUIRE_NATIVE", "") not in ("", "0"):
         raise
     warnings.warn("shim._native not importable, native frame tests skipped: " + NATIVE_ERROR)
@@ -439,7 +441,8 @@ def _selected(env_extra, tmp_path):
     env = dict(os.environ)
     env.pop("PYSHIM_PURE", None)
     env.update(env_extra)
-    # cwd outside the source tree, so the installed package is imported
+    # import the same `shim` as this process does (installed package)
+    env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
     out = subprocess.run(
         [sys.executable, "-c",
          "import shim.frame as f, shim._frame_py as p;"
