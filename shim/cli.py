@@ -421,11 +421,14 @@ def adjust_oom_score(pid, parent=None):
 
 # ---- actions ----------------------------------------------------------------
 
-def do_start(flags, self_path=None, socket_dir=SOCKET_DIR):
+def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
+    """The `start` action (spec shim-binary.md §4); cwd is the bundle."""
     from shim import _native
     from shim import jsonlite
     bundle = os.getcwd()
-    opts_any, bs_dir = decode_start_input(_read_all_stdin(), flags)
+    if stdin_data is None:
+        stdin_data = _read_all_stdin()
+    opts_any, bs_dir = decode_start_input(stdin_data, flags)
     opts = _runc_options(opts_any)
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
@@ -518,6 +521,7 @@ def _encode_delete_response(pid, exit_status, now):
 
 
 def do_delete(flags):
+    """The `delete` action (spec shim-binary.md §6)."""
     import time
     from shim import mount
     from shim import runc as runc_mod
@@ -576,9 +580,10 @@ def runc_features(binary, timeout=5.0):
     return r.stdout
 
 
-def do_info(flags):
+def do_info(flags, stdin_data=None):
+    """-info: RuntimeInfo protobuf on stdout (spec shim-binary.md §7a)."""
     from shim.pb import DecodeError, types, wkt
-    data = _read_all_stdin()
+    data = _read_all_stdin() if stdin_data is None else stdin_data
     opts_any = None
     if data:
         try:
