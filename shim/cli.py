@@ -551,10 +551,14 @@ def do_delete(flags):
         mount.unmount_all(os.path.join(bundle, "rootfs"))
     except OSError as e:
         _warn("failed to cleanup rootfs mount: %s" % e)
+    pid_path = os.path.join(bundle, runc_mod.INIT_PID_FILE)
     try:
-        pid = runc_mod.read_pid_file(os.path.join(bundle, runc_mod.INIT_PID_FILE))
-    except (OSError, ValueError) as e:
-        _warn("failed to read init pid file: %s" % e)
+        pid = runc_mod.read_pid_file(pid_path)
+    except OSError as e:
+        _warn("failed to read init pid file: %s" % _go_err("open", pid_path, e))
+        pid = 0
+    except ValueError as e:
+        _warn("failed to read init pid file %s: %s" % (pid_path, e))
         pid = 0
     _write_all(1, _delete_response(pid, 128 + SIGKILL, time.time()))
     return 0

@@ -195,7 +195,9 @@ def test_decode_start_input_garbage():
 # ---- start with a fake serve process -----------------------------------------------
 
 FAKE_LAUNCHER = textwrap.dedent("""\
-    import json, os, sys, _socket
+    import json, os, sys, time, _socket
+    if os.environ.get("FAKE_SERVE_WAIT"):
+        time.sleep(float(os.environ["FAKE_SERVE_WAIT"]))
     s = _socket.socket(fileno=3)
     info = {
         "pid": os.getpid(),
@@ -207,6 +209,7 @@ FAKE_LAUNCHER = textwrap.dedent("""\
         "sockname": s.getsockname(),
         "session_leader": os.getsid(0) == os.getpid(),
         "oom": open("/proc/self/oom_score_adj").read().strip(),
+        "cgroup": open("/proc/self/cgroup").read().splitlines(),
     }
     s.detach()
     with open(os.environ["FAKE_SERVE_OUT"] + ".tmp", "w") as f:
@@ -330,6 +333,34 @@ def test_start_bad_shim_cgroup_cleans_up(start_env):
         cli.do_start(f, self_path=launcher, socket_dir=sdir, stdin_data=a.encode())
     h = hashlib.sha256(b"/tmp/x.sock/ns1/c1").hexdigest()
     assert not os.path.exists(os.path.join(sdir, h))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.isdir("/sys/fs/cgroup/pids/"),
+                    reason="needs root and a cgroup v1 pids hierarchy")
+def test_start_joins_shim_cgroup(start_env, capfd, monkeypatch):
+    bundle, launcher, sdir, out = start_env
+    name = "pyshim-cg-test-%d" % os.getpid()
+    dirs = ["/sys/fs/cgroup/pids/" + name]
+    if os.path.isdir("/sys/fs/cgroup/memory"):
+        dirs.append("/sys/fs/cgroup/memory/" + name)
+    for d in dirs:
+        os.mkdir(d)
+    monkeypatch.setenv("FAKE_SERVE_WAIT", "0.5")
+    try:
+        f = _flags(namespace="ns1", id="c1", address="/tmp/x.sock", action="start")
+        a = _opts_any(shim_cgroup="/" + name)
+        assert cli.do_start(f, self_path=launcher, socket_dir=sdir, stdin_data=a.encode()) == 0
+        info = _wait_file(out)
+        joined = [line for line in info["cgroup"] if line.endswith(":/" + name)]
+        assert len(joined) == len(dirs), info["cgroup"]
+    finally:
+        for d in dirs:
+            for _ in range(50):
+                try:
+                    os.rmdir(d)
+                    break
+                except OSError:
+                    time.sleep(0.1)
 
 
 # ---- other actions / outputs -----------------------------------------------------------
