@@ -100,15 +100,17 @@ def encode_frame(stream_id, mtype, flags, data):
 cdef class FrameReader:
     """Incremental ttrpc frame assembly from a byte stream.
 
-    feed(chunk) -> list of 4-tuples (stream_id, mtype, flags, data), in wire
-    order, one per frame completed by this chunk:
+    feed(chunk) -> list of 5-tuples (stream_id, mtype, flags, data, length),
+    in wire order, one per frame completed by this chunk. `length` is the
+    data length declared in the header; every tuple has 5 items:
 
-    * normal frame: `data` is bytes (len 0 .. MAX_DATA inclusive);
-    * oversize frame (declared length > MAX_DATA, spec §8): `data` is an int,
-      the declared length. Its data was read and thrown away without being
-      buffered; the tuple is produced once the last discarded byte has been
-      fed, so the stream is in sync again for the next frame. Tell the two
-      apart with `type(data) is int` (or `not isinstance(data, bytes)`).
+    * normal frame: `data` is bytes and len(data) == length (0 .. MAX_DATA,
+      inclusive);
+    * oversize frame (length > MAX_DATA, spec §8): `data` is None. Its data
+      was read and thrown away without being buffered; the tuple is produced
+      once the last discarded byte has been fed, so the stream is in sync
+      again for the next frame. A server replies on stream_id with code 8
+      "message length <length> exceed maximum message size of 4194304".
 
     Every 10-byte header is acceptable to the framing layer (unknown types
     and flags are passed through for the caller to ignore), so feed() never
@@ -147,10 +149,10 @@ cdef class FrameReader:
         return _FRAME_HEADER_SIZE + self._have
 
     def feed(self, chunk):
-        """feed(chunk: bytes-like) -> list of (stream_id, mtype, flags, data).
+        """feed(chunk: bytes-like) -> list of (stream_id, mtype, flags, data, length).
 
-        See the class docstring: data is bytes, or the declared length (int)
-        for an oversize frame that was discarded.
+        See the class docstring: data is bytes, or None for an oversize frame
+        (length > MAX_DATA) whose data was discarded.
         """
         cdef Py_buffer view
         cdef bint release = False
@@ -198,7 +200,8 @@ cdef class FrameReader:
                         # Whole data in this chunk: one copy, straight out.
                         out.append((_frame_get_u32(h + 4), h[8], h[9],
                                     PyBytes_FromStringAndSize(<const char *>(p + pos),
-                                                              <Py_ssize_t>length)))
+                                                              <Py_ssize_t>length),
+                                    length))
                         pos += <Py_ssize_t>length
                         continue
                     # Partial data: allocate the final bytes object once and
@@ -222,7 +225,8 @@ cdef class FrameReader:
                     self._have += take
                     pos += take
                     if self._have == self._len:
-                        out.append((self._sid, self._mtype, self._flags, self._body))
+                        out.append((self._sid, self._mtype, self._flags, self._body,
+                                    self._len))
                         self._body = None
                         self._have = 0
                         self._state = _FRAME_ST_HEADER
@@ -234,7 +238,7 @@ cdef class FrameReader:
                     self._have += take
                     pos += take
                     if self._have == self._len:
-                        out.append((self._sid, self._mtype, self._flags, self._len))
+                        out.append((self._sid, self._mtype, self._flags, None, self._len))
                         self._have = 0
                         self._state = _FRAME_ST_HEADER
             return out

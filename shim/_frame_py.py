@@ -65,15 +65,17 @@ def encode_frame(stream_id, mtype, flags, data):
 class FrameReader:
     """Incremental ttrpc frame assembly from a byte stream.
 
-    feed(chunk) -> list of 4-tuples (stream_id, mtype, flags, data), in wire
-    order, one per frame completed by this chunk:
+    feed(chunk) -> list of 5-tuples (stream_id, mtype, flags, data, length),
+    in wire order, one per frame completed by this chunk. `length` is the
+    data length declared in the header; every tuple has 5 items:
 
-    * normal frame: `data` is bytes (len 0 .. MAX_DATA inclusive);
-    * oversize frame (declared length > MAX_DATA, spec §8): `data` is an int,
-      the declared length. Its data was read and thrown away without being
-      buffered; the tuple is produced once the last discarded byte has been
-      fed, so the stream is in sync again for the next frame. Tell the two
-      apart with `type(data) is int` (or `not isinstance(data, bytes)`).
+    * normal frame: `data` is bytes and len(data) == length (0 .. MAX_DATA,
+      inclusive);
+    * oversize frame (length > MAX_DATA, spec §8): `data` is None. Its data
+      was read and thrown away without being buffered; the tuple is produced
+      once the last discarded byte has been fed, so the stream is in sync
+      again for the next frame. A server replies on stream_id with code 8
+      "message length <length> exceed maximum message size of 4194304".
 
     Every 10-byte header is acceptable to the framing layer (unknown types
     and flags are passed through for the caller to ignore), so feed() never
@@ -108,10 +110,10 @@ class FrameReader:
         return HEADER_SIZE + self._have
 
     def feed(self, chunk):
-        """feed(chunk: bytes-like) -> list of (stream_id, mtype, flags, data).
+        """feed(chunk: bytes-like) -> list of (stream_id, mtype, flags, data, length).
 
-        See the class docstring: data is bytes, or the declared length (int)
-        for an oversize frame that was discarded.
+        See the class docstring: data is bytes, or None for an oversize frame
+        (length > MAX_DATA) whose data was discarded.
         """
         if chunk.__class__ is not bytes:
             chunk = bytes(memoryview(chunk))  # TypeError for non-buffers
@@ -121,7 +123,7 @@ class FrameReader:
             # Fast path: the chunk is exactly one whole frame (typical).
             length, sid, mtype, flags = _unpack_from(chunk)
             if length + HEADER_SIZE == n and length <= MAX_DATA:
-                return [(sid, mtype, flags, chunk[HEADER_SIZE:])]
+                return [(sid, mtype, flags, chunk[HEADER_SIZE:], length)]
         out = []
         pos = 0
         while pos < n:
@@ -152,7 +154,7 @@ class FrameReader:
                     continue
                 end = pos + length
                 if end <= n:
-                    out.append((sid, mtype, flags, chunk[pos:end]))
+                    out.append((sid, mtype, flags, chunk[pos:end], length))
                     pos = end
                     continue
                 self._sid = sid
@@ -180,7 +182,8 @@ class FrameReader:
                     state = _ST_HEADER
                     # getvalue() hands over BytesIO's own buffer (no copy)
                     # once it is the only reference holder.
-                    out.append((self._sid, self._mtype, self._flags, buf.getvalue()))
+                    out.append((self._sid, self._mtype, self._flags, buf.getvalue(),
+                                self._len))
                     del buf
             else:  # _ST_SKIP: discard without buffering
                 take = self._len - self._have
@@ -191,6 +194,6 @@ class FrameReader:
                 if self._have == self._len:
                     self._have = 0
                     state = _ST_HEADER
-                    out.append((self._sid, self._mtype, self._flags, self._len))
+                    out.append((self._sid, self._mtype, self._flags, None, self._len))
         self._state = state
         return out

@@ -7,9 +7,9 @@ Both have the same API and semantics; see shim._frame_py for the docs:
 
     encode_frame(stream_id, mtype, flags, data) -> bytes   # FrameError if invalid
     r = FrameReader()
-    for stream_id, mtype, flags, data in r.feed(chunk):
-        if type(data) is int:   # oversize frame (> MAX_DATA), data discarded;
-            ...                 # data is the declared length (spec §8 reply)
+    for stream_id, mtype, flags, data, length in r.feed(chunk):
+        if data is None:        # oversize frame (length > MAX_DATA): its data
+            ...                 # was discarded; reply code 8 (spec §8)
     r.pending()                 # > 0 at EOF: short read mid-frame
 
 IMPLEMENTATION is "native" or "pure"; NATIVE_IMPORT_ERROR holds the reason
