@@ -434,14 +434,22 @@ class SyncClient:
             for fr in self.reader.feed(data):
                 self.frames[fr[0]] = fr
 
-    def call_raw(self, service, method, payload, timeout_nano=0, metadata=()):
+    def send_raw_request(self, service, method, payload, timeout_nano=0, metadata=()):
+        """Send a request without waiting; returns its stream id."""
         sid = self.next_id
         self.next_id += 2
         req = _pb.Request(service=service, method=method, payload=payload,
                           timeout_nano=timeout_nano,
                           metadata=[_pb.KeyValue(key=k, value=v) for k, v in metadata])
         self.sock.sendall(_frame.encode_frame(sid, _frame.TYPE_REQUEST, 0, req.encode()))
-        return _pb.Response.decode(self.recv_frame(sid)[3])
+        return sid
+
+    def recv_response(self, stream_id):
+        return _pb.Response.decode(self.recv_frame(stream_id)[3])
+
+    def call_raw(self, service, method, payload, timeout_nano=0, metadata=()):
+        sid = self.send_raw_request(service, method, payload, timeout_nano, metadata)
+        return self.recv_response(sid)
 
     def call(self, service, method, request, response_cls=None, timeout_nano=0, metadata=()):
         resp = self.call_raw(service, method, request.encode(), timeout_nano, metadata)

@@ -1,0 +1,194 @@
+"""The native poller, copier, spawn and signalfd, and the Python loop on top."""
+import hashlib
+import os
+import time
+
+import pytest
+
+from shim import _native
+from shim.loop import Future, get_loop, sleep, wait_for
+from shim.reaper import Reaper, exit_code
+
+loop = get_loop()
+
+
+def run(coro, timeout=20):
+    return loop.run_until_complete(loop.spawn(coro), timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def reaper():
+    # Not a subreaper: the test runner must keep its normal parentage.
+    return Reaper(loop, subreaper=False)
+
+
+def spawn_sh(script, fds):
+    return _native.spawn("sh", ["sh", "-c", script], [b"PATH=/usr/bin:/bin"], fds)
+
+
+def test_spawn_exit_status_and_signal(reaper):
+    async def go():
+        a = reaper.watch(spawn_sh("exit 7", [None, None, None]))
+        b = reaper.watch(spawn_sh("kill -TERM $$", [None, None, None]))
+        return await a, await b
+    assert run(go()) == (7, 143)
+
+
+def test_spawn_missing_binary_raises():
+    with pytest.raises(OSError) as e:
+        _native.spawn("/nonexistent/bin", ["x"], [], [None, None, None])
+    assert e.value.errno == 2
+
+
+def test_spawn_fd_map_and_env(reaper):
+    r, w = os.pipe()
+    pid = spawn_sh('echo "$FOO" >&3; echo out', [None, w, None, w])
+    # fd 3 in the child is our w as well; env is exactly what we passed.
+    os.close(w)
+    st = run(_await(reaper.watch(pid)))
+    data = os.read(r, 100)
+    os.close(r)
+    assert st == 0
+    assert sorted(data.split()) == [b"out"]
+
+
+async def _await(f):
+    return await f
+
+
+def test_spawn_child_has_clean_signal_mask(reaper):
+    # The loop blocks SIGCHLD for its signalfd; children must not inherit it.
+    r, w = os.pipe()
+    pid = spawn_sh("grep SigBlk /proc/self/status", [None, w, None])
+    os.close(w)
+    run(_await(reaper.watch(pid)))
+    line = os.read(r, 200)
+    os.close(r)
+    assert line.split()[1] == b"0000000000000000"
+
+
+@pytest.mark.parametrize("size", [0, 1, 65536, 3 * 1024 * 1024 + 3])
+def test_copy_pipe_to_pipe_exact(size):
+    src_r, src_w = os.pipe()
+    dst_r, dst_w = os.pipe()
+    payload = os.urandom(size)
+    done = Future()
+    c = loop.add_copy(src_r, dst_w, done.set_result)
+    os.set_blocking(dst_r, False)
+    os.set_blocking(src_w, False)
+    got = bytearray()
+
+    def on_read():
+        try:
+            got.extend(os.read(dst_r, 1 << 16))
+        except BlockingIOError:
+            pass
+    loop.add_reader(dst_r, on_read)
+
+    async def writer():
+        view = memoryview(payload)
+        while view:
+            try:
+                view = view[os.write(src_w, view[:65536]):]
+            except BlockingIOError:
+                await sleep(0.0005)
+        os.close(src_w)
+        return await wait_for(done, 10)
+    assert run(writer()) == 0
+    while len(got) < c.copied:
+        loop.run_once()
+    loop.remove_reader(dst_r)
+    for fd in (src_r, dst_r, dst_w):
+        os.close(fd)
+    assert c.copied == size
+    assert bytes(got) == payload
+
+
+def test_copy_large_with_slow_reader(reaper):
+    src_r, src_w = os.pipe()
+    dst_r, dst_w = os.pipe()
+    pid = spawn_sh("head -c 8388608 /dev/urandom", [None, src_w, None])
+    os.close(src_w)
+    reaper.watch(pid)
+    done = Future()
+    c = loop.add_copy(src_r, dst_w, done.set_result)
+    os.set_blocking(dst_r, False)
+    got = bytearray()
+
+    def on_read():
+        try:
+            got.extend(os.read(dst_r, 4096))   # small reads: dst fills up
+        except BlockingIOError:
+            pass
+    loop.add_reader(dst_r, on_read)
+    run(wait_for(done, 20))
+    while len(got) < c.copied:
+        loop.run_once()
+    loop.remove_reader(dst_r)
+    for fd in (src_r, dst_r, dst_w):
+        os.close(fd)
+    assert done.result() == 0
+    assert len(got) == c.copied == 8388608
+
+
+def test_copy_to_regular_file(tmp_path, reaper):
+    src_r, src_w = os.pipe()
+    path = tmp_path / "out"
+    f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    data = os.urandom(300000)
+    done = Future()
+    loop.add_copy(src_r, f, done.set_result)
+
+    async def writer():
+        view = memoryview(data)
+        os.set_blocking(src_w, False)
+        while view:
+            try:
+                n = os.write(src_w, view[:65536])
+                view = view[n:]
+            except BlockingIOError:
+                await sleep(0.001)
+        os.close(src_w)
+        return await done
+    assert run(writer()) == 0
+    os.close(src_r)
+    os.close(f)
+    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_timers_order_and_cancel():
+    seen = []
+    loop.call_later(0.03, seen.append, 3)
+    loop.call_later(0.01, seen.append, 1)
+    h = loop.call_later(0.02, seen.append, 2)
+    h.cancel()
+    loop.run_until_complete(sleep(0.06), timeout=5)
+    assert seen == [1, 3]
+
+
+def test_wait_for_timeout():
+    async def go():
+        with pytest.raises(TimeoutError):
+            await wait_for(Future(), 0.05)
+        return await wait_for(sleep(0.01, "x"), 1)
+    t0 = time.monotonic()
+    assert run(go()) == "x"
+    assert time.monotonic() - t0 < 2
+
+
+def test_task_exception_propagates():
+    async def boom():
+        await sleep(0)
+        raise ValueError("boom")
+
+    async def go():
+        with pytest.raises(ValueError):
+            await loop.spawn(boom())
+        return True
+    assert run(go())
+
+
+def test_exit_code_mapping():
+    assert exit_code(7 << 8) == 7
+    assert exit_code(9) == 137
+    assert exit_code(15) == 143
