@@ -99,9 +99,10 @@ class Task(Future):
             self.set_result(e.value)
             return
         except BaseException as e:  # the task's own failure is its result
-            self.set_exception(e)
+            # Nobody awaits this task: report the error instead of losing it.
             if self._callbacks is None and not isinstance(e, CancelledError):
                 _loop.report(e, "task %r" % (self._coro,))
+            self.set_exception(e)
             return
         awaited.add_done_callback(self._step)
 
