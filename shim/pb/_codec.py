@@ -358,6 +358,8 @@ def _merge(msg, buf, pos, end, depth):
     if depth > _MAX_DEPTH:
         raise DecodeError("nesting too deep")
     d = msg._d
+    if d is None:
+        d = _build_dec(msg.__class__)
     while pos < end:
         tag = buf[pos]
         pos += 1
@@ -369,7 +371,7 @@ def _merge(msg, buf, pos, end, depth):
         if h is None:
             pos = _skip(buf, pos, end, tag, depth)
             continue
-        name, kind, mode, sub = h
+        name, kind, mode, _, sub = h
         wt = tag & 7
         if wt == 2:
             if pos >= end:
@@ -461,7 +463,7 @@ class Message:
     __slots__ = ()
     FULL_NAME = ""
     _f = ()          # encode table: (name, kind, mode, tag bytes, sub), by field number
-    _d = {}          # decode table: tag int -> (name, kind, mode, sub)
+    _d = None        # decode table (tag int -> such a tuple), built on first decode
     _dflt = ()       # (name, immutable default)
     _lists = ()      # names of repeated fields
     _maps = ()       # names of map fields
@@ -553,40 +555,59 @@ def init(cls, fields):
     self references resolve).
     """
     enc = []
-    dec = {}
     dflt = []
     lists = []
     maps = []
-    names = []
     for num, name, kind, mode, sub in sorted(fields):
-        names.append(name)
         if mode == MAPF:
             wt = 2
             kk, vk, vc = sub
             sub = (kk, vk, vc if vk == MESSAGE else None)
             maps.append(name)
         elif mode == PACKED or mode == REPEATED:
-            wt = _WT[kind]
+            wt = 2 if mode == PACKED else _WT[kind]
             lists.append(name)
-            if wt != 2:
-                # accept both packed and unpacked encodings on decode
-                dec[(num << 3) | wt] = (name, kind, REPEATED, sub)
-                if mode == PACKED:
-                    wt = 2
-                else:
-                    dec[(num << 3) | 2] = (name, kind, PACKED, sub)
         else:
             wt = _WT[kind]
             dflt.append((name, None if mode == OPTIONAL else _DEFAULTS[kind]))
-        tag = (num << 3) | wt
-        dec[tag] = (name, kind, mode, sub)
-        enc.append((name, kind, mode, _varint_bytes(tag), sub))
+        enc.append((name, kind, mode, _tag_bytes((num << 3) | wt), sub))
     cls._f = tuple(enc)
-    cls._d = dec
+    cls._d = None       # built on first decode (many classes are only ever encoded)
     cls._dflt = tuple(dflt)
     cls._lists = tuple(lists)
     cls._maps = tuple(maps)
-    cls._names = tuple(names)
+    cls._names = cls.__dict__.get("__slots__", ())
+    if tuple(e[0] for e in enc) != tuple(cls._names):
+        raise TypeError("%s: __slots__ must list the fields in field-number order" % cls.__name__)
+
+
+def _build_dec(cls):
+    """Decode table: tag int -> the encode-table tuple (name, kind, mode, tag bytes, sub).
+    Repeated scalars get an entry for both the packed and the unpacked form."""
+    dec = {}
+    for spec in cls._f:
+        name, kind, mode, tagb, sub = spec
+        tag, _ = _rvar(tagb, 0, len(tagb))
+        if mode == PACKED or mode == REPEATED:
+            wt = _WT[kind]
+            if wt != 2:
+                num = tag >> 3
+                for t, m in (((num << 3) | wt, REPEATED), ((num << 3) | 2, PACKED)):
+                    dec[t] = spec if m == mode else (name, kind, m, _tag_bytes(t), sub)
+                continue
+        dec[tag] = spec
+    cls._d = dec
+    return dec
+
+
+_TAGS = {}
+
+
+def _tag_bytes(tag):
+    b = _TAGS.get(tag)
+    if b is None:
+        b = _TAGS[tag] = _varint_bytes(tag)
+    return b
 
 
 # ---------------------------------------------------------------- helpers
