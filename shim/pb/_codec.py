@@ -103,8 +103,8 @@ def _put(out, kind, v):
             else:
                 _wvar(out, n)
             out += v
-        elif kind == MESSAGE:
-            b = v.encode()
+        elif kind == MESSAGE:   # callers check the class (_wrong_class)
+            b = _encode(v)
             n = len(b)
             if n < 0x80:
                 out.append(n)
@@ -137,11 +137,8 @@ def _put(out, kind, v):
         raise TypeError("bad field kind %r" % (kind,))
 
 
-def _is_default(kind, v):
-    if kind == FLOAT or kind == DOUBLE:
-        # -0.0 is not the default (protobuf compares the bit pattern)
-        return v == 0 and str(v)[0] != "-"
-    return not v
+def _wrong_class(cls, v):
+    raise TypeError("expected %s, got %s" % (cls.FULL_NAME, type(v).__name__))
 
 
 def _encode(msg):
@@ -152,6 +149,8 @@ def _encode(msg):
             v = getattr(msg, name)
             if mode == SINGLE:
                 if not v:
+                    # default: omitted; but -0.0 is not the default (protobuf
+                    # compares the bit pattern)
                     if kind < FLOAT or v != 0 or str(v)[0] != "-":
                         continue
                 out += tag
@@ -170,10 +169,14 @@ def _encode(msg):
             elif mode == OPTIONAL:
                 if v is None:
                     continue
+                if kind == MESSAGE and v.__class__ is not sub:
+                    _wrong_class(sub, v)
                 out += tag
                 _put(out, kind, v)
             elif mode == REPEATED:
                 for x in v:
+                    if kind == MESSAGE and x.__class__ is not sub:
+                        _wrong_class(sub, x)
                     out += tag
                     _put(out, kind, x)
             elif mode == PACKED:
@@ -188,10 +191,12 @@ def _encode(msg):
             else:  # MAPF
                 if not v:
                     continue
-                kk, vk, _ = sub
+                kk, vk, vcls = sub
                 ktag = 8 | _WT[kk]
                 vtag = 16 | _WT[vk]
                 for k, x in sorted(v.items()):
+                    if vk == MESSAGE and x.__class__ is not vcls:
+                        _wrong_class(vcls, x)
                     e = bytearray()
                     e.append(ktag)
                     _put(e, kk, k)

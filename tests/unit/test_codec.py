@@ -831,6 +831,16 @@ def test_constructor_and_encode_errors():
         task.StateRequest(id=5).encode()
     with pytest.raises(TypeError):
         task.CreateTaskRequest(rootfs=[None]).encode()
+    with pytest.raises(TypeError, match="expected google.protobuf.Any, got Timestamp"):
+        task.CreateTaskRequest(options=wkt.Timestamp()).encode()
+    with pytest.raises(TypeError):
+        task.CreateTaskRequest(options="x").encode()
+    with pytest.raises(TypeError):
+        alltypes.Maps(b_msg={True: alltypes.Nested()}).encode()
+    with pytest.raises(TypeError):
+        task.StateRequest(id=b"x").encode()
+    with pytest.raises(ValueError):
+        task.StateRequest(id="\ud800").encode()
     with pytest.raises(AttributeError):
         task.StateRequest().nope = 1
 
