@@ -135,25 +135,32 @@ def measure(mods, paths, runs=5):
 
 
 def memory_report():
+    """Print the table. File-backed pages count as private only while no other
+    process maps them; libpython is always shared with this (parent) process,
+    as in production where many shims run. The google.protobuf row is measured
+    twice: before this process loads upb's extension (its code pages then count
+    as the child's private memory) and after (shared, as with many shims)."""
     import google.protobuf
     import shim.pb
     shim_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(shim.pb.__file__))))
     gp_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(google.protobuf.__file__))))
     paths = [shim_root] if shim_root == gp_root else [shim_root, gp_root]
-    from google.protobuf.internal import api_implementation
-    rows = [
-        ("bare python3 -I -S", []),
-        ("lean: " + ", ".join(m.rsplit(".", 1)[1] for m in MODULES_LEAN), MODULES_LEAN),
-        ("google.protobuf (%s) equivalents" % api_implementation.Type(), MODULES_PB2),
-    ]
     print("python %s, shim from %s" % (sys.version.split()[0], shim_root))
-    print("%-52s %10s %10s %8s" % ("", "private kB", "delta kB", "modules"))
+    print("%-58s %10s %10s %8s" % ("", "private kB", "delta kB", "modules"))
     base = None
-    for label, mods in rows:
+
+    def row(label, mods):
+        nonlocal base
         before, after, n = measure(mods, paths)
         if base is None:
             base = after
-        print("%-52s %10d %10d %8d" % (label, after, after - base, n))
+        print("%-58s %10d %10d %8d" % (label, after, after - base, n))
+
+    row("bare python3 -I -S", [])
+    row("lean: " + ", ".join(m.rsplit(".", 1)[1] for m in MODULES_LEAN), MODULES_LEAN)
+    row("google.protobuf equivalents (upb .so not shared)", MODULES_PB2)
+    from google.protobuf.internal import api_implementation  # maps upb's _message .so here
+    row("google.protobuf equivalents (upb .so shared) [%s]" % api_implementation.Type(), MODULES_PB2)
 
 
 def test_memory_report(capsys):
