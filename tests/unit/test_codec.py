@@ -399,21 +399,16 @@ def test_unpacked_and_mixed_repeated_scalars_decode(val):
     """Packed fields accept the unpacked form (and a mix), unpacked ones the packed form."""
     ours = build_ours(val)
     opt = pb2_class("pyshim.test.v1.Optionals")
-    parts = []
-    for num in range(1, 17):   # Optionals field n has the type of Repeats field n
-        name = DESCS["pyshim.test.v1.Repeats"].fields_by_number[num].name
-        for x in getattr(ours, name):
-            parts.append(opt(**{name: x}).SerializeToString())
-    unpacked = b"".join(parts)
-    only_scalars = alltypes.Repeats(**{
-        DESCS["pyshim.test.v1.Repeats"].fields_by_number[n].name:
-            getattr(ours, DESCS["pyshim.test.v1.Repeats"].fields_by_number[n].name)
-        for n in range(1, 17)})
+    names = [DESCS["pyshim.test.v1.Repeats"].fields_by_number[n].name for n in range(1, 17)]
+    # Optionals field n has the type of Repeats field n and always emits its
+    # value, so concatenating one Optionals per element gives the unpacked form
+    unpacked = b"".join(opt(**{name: x}).SerializeToString()
+                        for name in names for x in getattr(ours, name))
+    only_scalars = alltypes.Repeats(**{name: getattr(ours, name) for name in names})
     assert alltypes.Repeats.decode(unpacked) == only_scalars
     assert pb2_class("pyshim.test.v1.Repeats").FromString(unpacked) == to_pb2(only_scalars)
     mixed = alltypes.Repeats.decode(only_scalars.encode() + unpacked)
-    for n in range(1, 17):
-        name = DESCS["pyshim.test.v1.Repeats"].fields_by_number[n].name
+    for name in names:
         assert getattr(mixed, name) == getattr(only_scalars, name) * 2
     # the [packed=false] fields given in packed form
     u = alltypes.Repeats(unpacked_i32=ours.unpacked_i32, unpacked_s64=ours.unpacked_s64,
