@@ -89,10 +89,27 @@ def _short(runtime):
     return runtime.split(".")[-2] if runtime.count(".") >= 2 else runtime.replace("/", "_")
 
 
+def namespace_for(c, runtime):
+    """The namespace bench_runtime() uses for `runtime` on Containerd c."""
+    return "%s-%s" % (c.namespace, _short(runtime))
+
+
+def remove_namespace_containers(c, ns, timeout=60):
+    """Best effort: kill and delete every task and container in namespace ns."""
+    ids = c.containers(namespace=ns)
+    if ids:
+        c.ctr("task", "delete", "-f", *ids, check=False, namespace=ns, timeout=timeout)
+        c.ctr("container", "delete", *ids, check=False, namespace=ns, timeout=timeout)
+    for id in c.containers(namespace=ns):  # whatever the batch left
+        c.remove_container(id, ns, timeout)
+
+
 def bench_runtime(c, runtime, n, group=False, settle=1.0):
     """Run n detached sleep containers with `runtime` in a namespace of their
-    own; returns the per-container numbers (or {"error": text})."""
-    ns = "%s-%s" % (c.namespace, _short(runtime))
+    own (namespace_for(c, runtime)); returns the per-container numbers (or
+    {"error": text}). The containers keep running (Containerd.cleanup() or
+    remove_namespace_containers() removes them)."""
+    ns = namespace_for(c, runtime)
     try:
         if runtime == PY_RUNTIME and find_pyshim_binary() is None:
             raise RuntimeError("containerd-shim-pyshim-v1 not installed (pip install .)")
