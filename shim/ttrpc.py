@@ -154,6 +154,25 @@ def _peer_is_us(fd):
     return uid == os.geteuid() and gid == os.getegid()
 
 
+def _read_frames(fd, reader):
+    """Read what a non-blocking socket has and return the complete frames
+    (possibly none); None when the peer is gone or the stream is unusable.
+    A peer that closes in the middle of a frame is simply gone: the half
+    frame is dropped, as the Go server does."""
+    try:
+        data = os.read(fd, _READ_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return []
+    except OSError:
+        return None
+    if not data:
+        return None
+    try:
+        return reader.feed(data)
+    except _frame.FrameError:
+        return None
+
+
 class _Stream:
     """Buffered non-blocking writer for one socket; frames are written whole
     and in order."""
@@ -213,20 +232,8 @@ class ServerConnection:
         self.loop.add_reader(fd, self._on_readable)
 
     def _on_readable(self):
-        try:
-            data = os.read(self.fd, _READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.close()
-            return
-        try:
-            frames = self.reader.feed(data)
-        except _frame.FrameError as e:
-            if self.server.log:
-                self.server.log.warning("ttrpc: closing connection: %s" % e)
+        frames = _read_frames(self.fd, self.reader)
+        if frames is None:
             self.close()
             return
         for fr in frames:
@@ -344,7 +351,7 @@ class Client:
         self.fd = sock.detach()
         os.set_blocking(self.fd, False)
         self.reader = _frame.FrameReader()
-        self.stream = _Stream(self.loop, self.fd, self._lost)
+        self.stream = _Stream(self.loop, self.fd, self.close)
         self.loop.add_reader(self.fd, self._on_readable)
 
     async def call(self, service, method, request, response_cls=None, timeout=None):
@@ -372,27 +379,14 @@ class Client:
         return response_cls.decode(resp.payload)
 
     def _on_readable(self):
-        try:
-            data = os.read(self.fd, _READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._lost()
-            return
-        try:
-            frames = self.reader.feed(data)
-        except _frame.FrameError:
-            self._lost()
+        frames = _read_frames(self.fd, self.reader)
+        if frames is None:
+            self.close()
             return
         for fr in frames:
             fut = self.pending.get(fr[0])
             if fut is not None and fr[1] == _frame.TYPE_RESPONSE and fr[3] is not None:
                 fut.set_result(fr[3])
-
-    def _lost(self):
-        self.close()
 
     def close(self):
         if self.fd >= 0:
