@@ -229,7 +229,8 @@ def _warn(msg):
 
 
 def _is_options_url(url):
-    return url == OPTIONS_TYPE or url.rpartition("/")[2] == OPTIONS_TYPE
+    from shim.options import TYPES
+    return url.rpartition("/")[2] in TYPES
 
 
 def decode_start_input(data, flags):
@@ -260,10 +261,15 @@ def decode_start_input(data, flags):
 
 
 def _runc_options(any_opts):
+    """Options dict (shim.options) of any supported type; {} if none or of
+    a type that is not ours (Create then reports it clearly)."""
+    from shim import options
     if any_opts is None or not _is_options_url(any_opts.type_url or ""):
-        return None
-    from shim.pb import runc as runc_pb
-    return runc_pb.Options.decode(any_opts.value or b"")
+        return {}
+    try:
+        return options.decode(any_opts)
+    except options.OptionsError as e:
+        raise RuntimeError(str(e))
 
 
 def write_address(bundle, address):
@@ -465,8 +471,8 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
                                 cwd=bundle, new_session=True, search_path=False)
         finally:
             os.close(null)
-        if opts is not None and opts.shim_cgroup:
-            join_cgroup(pid, opts.shim_cgroup)
+        if opts.get("shim_cgroup"):
+            join_cgroup(pid, opts["shim_cgroup"])
         adjust_oom_score(pid)
     except BaseException:
         if pid:
@@ -599,8 +605,8 @@ def do_info(flags, stdin_data=None):
             raise RuntimeError("failed to read runtime options: %s" % e)
     binary = "runc"
     opts = _runc_options(opts_any)
-    if opts is not None and opts.binary_name:
-        binary = opts.binary_name
+    if opts.get("binary_name"):
+        binary = opts["binary_name"]
     info = types.RuntimeInfo(
         name=RUNTIME,
         version=types.RuntimeVersion(version=VERSION, revision=REVISION),

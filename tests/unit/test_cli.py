@@ -161,11 +161,11 @@ def test_decode_start_input_any():
     a = _opts_any(shim_cgroup="/pods/x", binary_name="runc")
     got, sdir = cli.decode_start_input(a.encode(), f)
     assert sdir is None and got.type_url == "containerd.runc.v1.Options"
-    assert cli._runc_options(got).shim_cgroup == "/pods/x"
+    assert cli._runc_options(got)["shim_cgroup"] == "/pods/x"
     # Options with an empty value (what ctr sends).
     got, _ = cli.decode_start_input(
         wkt.Any(type_url="containerd.runc.v1.Options").encode(), f)
-    assert cli._runc_options(got).shim_cgroup == ""
+    assert cli._runc_options(got)["shim_cgroup"] == ""
 
 
 def test_decode_start_input_bootstrap():
@@ -177,11 +177,11 @@ def test_decode_start_input_bootstrap():
                                    socket_dir="/tmp/sockets")
     got, sdir = cli.decode_start_input(bp.encode(), f)
     assert sdir == "/tmp/sockets"
-    assert cli._runc_options(got).shim_cgroup == "/g"
+    assert cli._runc_options(got)["shim_cgroup"] == "/g"
     # Not ours (instance id differs): decoded as an Any, which ignores it.
     got, sdir = cli.decode_start_input(bp.encode(), _flags(namespace="n", id="other"))
     assert sdir is None
-    assert cli._runc_options(got) is None
+    assert cli._runc_options(got) == {}
     # No options in the extensions.
     bp = bootstrap.BootstrapParams(instance_id="c1", namespace="n")
     assert cli.decode_start_input(bp.encode(), f) == (None, None)

@@ -1,0 +1,105 @@
+"""Runtime options: every type containerd may send, as one plain dict.
+
+Keys are those of `containerd.runc.v1.Options` (spec runc.md §3):
+no_pivot_root, no_new_keyring, shim_cgroup, io_uid, io_gid, binary_name,
+root, criu_path, systemd_cgroup, criu_image_path, criu_work_path.
+
+Accepted Any types:
+  containerd.runc.v1.Options            io.containerd.runc.v2 / ctr
+  containerd.linux.runc.CreateOptions   legacy io.containerd.runc.v1 clients
+  containerd.linux.runc.RuncOptions     legacy runtime (binary) options
+  runtimeoptions.v1.Options             what containerd's CRI sends to every
+                                        runtime not named io.containerd.runc.v2:
+                                        ConfigPath names a TOML file holding the
+                                        runc options (BinaryName, Root, ...)
+"""
+
+RUNC_OPTIONS = "containerd.runc.v1.Options"
+LEGACY_CREATE = "containerd.linux.runc.CreateOptions"
+LEGACY_RUNC = "containerd.linux.runc.RuncOptions"
+RUNTIME_OPTIONS = "runtimeoptions.v1.Options"
+TYPES = (RUNC_OPTIONS, LEGACY_CREATE, LEGACY_RUNC, RUNTIME_OPTIONS)
+
+FIELDS = ("no_pivot_root", "no_new_keyring", "shim_cgroup", "io_uid", "io_gid",
+          "binary_name", "root", "criu_path", "systemd_cgroup", "criu_image_path",
+          "criu_work_path")
+
+# TOML keys (CRI's runtime options file uses the Go field names).
+_TOML_KEYS = {
+    "NoPivotRoot": "no_pivot_root", "NoNewKeyring": "no_new_keyring",
+    "ShimCgroup": "shim_cgroup", "IoUid": "io_uid", "IoGid": "io_gid",
+    "BinaryName": "binary_name", "Root": "root", "CriuPath": "criu_path",
+    "SystemdCgroup": "systemd_cgroup", "CriuImagePath": "criu_image_path",
+    "CriuWorkPath": "criu_work_path",
+}
+
+
+class OptionsError(ValueError):
+    pass
+
+
+def _fields(msg, names):
+    return {n: getattr(msg, n) for n in names}
+
+
+def decode(any_opts):
+    """Options Any (or None) -> dict; OptionsError for an unknown type or
+    bad contents. An Any with an empty type_url means "no options"."""
+    if any_opts is None or not any_opts.type_url:
+        return {}
+    url = any_opts.type_url
+    if url.startswith("type.googleapis.com/"):
+        url = url[len("type.googleapis.com/"):]
+    value = any_opts.value or b""
+    from shim.pb import DecodeError
+    try:
+        if url == RUNC_OPTIONS:
+            from shim.pb import runc as runc_pb
+            return _fields(runc_pb.Options.decode(value), FIELDS)
+        if url == LEGACY_CREATE:
+            from shim.pb import runctypes
+            o = runctypes.CreateOptions.decode(value)
+            return _fields(o, ("no_pivot_root", "no_new_keyring", "shim_cgroup", "io_uid",
+                               "io_gid", "criu_image_path", "criu_work_path"))
+        if url == LEGACY_RUNC:
+            from shim.pb import runctypes
+            o = runctypes.RuncOptions.decode(value)
+            return {"binary_name": o.runtime, "root": o.runtime_root,
+                    "criu_path": o.criu_path, "systemd_cgroup": o.systemd_cgroup}
+        if url == RUNTIME_OPTIONS:
+            from shim.pb import runtimeoptions
+            o = runtimeoptions.Options.decode(value)
+            return from_toml(o.config_path, getattr(o, "config_body", b""))
+    except DecodeError as e:
+        raise OptionsError("invalid runtime options %s: %s" % (url, e))
+    raise OptionsError("unsupported runtime options type %s" % url)
+
+
+def from_toml(path, body=b""):
+    """The runc options in CRI's runtime options file (TOML)."""
+    if not path and not body:
+        return {}
+    try:
+        import tomllib          # Python 3.11+; only loaded for this type
+    except ImportError:
+        raise OptionsError("runtime options config %s: TOML needs Python >= 3.11" % path)
+    try:
+        if body:
+            data = tomllib.loads(body.decode("utf-8"))
+        else:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+    except (OSError, ValueError) as e:
+        raise OptionsError("runtime options config %s: %s" % (path or "<body>", e))
+    out = {}
+    for key, value in data.items():
+        name = _TOML_KEYS.get(key, key if key in FIELDS else None)
+        if name is None:
+            continue           # other runtimes' keys: not ours to judge
+        want = bool if name in ("no_pivot_root", "no_new_keyring", "systemd_cgroup") \
+            else int if name in ("io_uid", "io_gid") else str
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise OptionsError("runtime options config %s: %s must be %s"
+                               % (path or "<body>", key, want.__name__))
+        out[name] = value
+    return out
