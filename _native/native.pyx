@@ -8,3 +8,4 @@ described in docs/design.md.
 include "frame.pxi"
 include "poller.pxi"
 include "sys.pxi"
+include "cgroup.pxi"
