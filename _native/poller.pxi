@@ -73,6 +73,7 @@ cdef class Copy:
     cdef readonly int error
     cdef public object on_done
     cdef int watched          # fd currently registered in epoll (-1: none)
+    cdef readonly bint draining   # end (on_done(0)) once src has nothing more now
     cdef bint buffered        # splice not possible: read/write through buf
     cdef char *buf
     cdef Py_ssize_t buf_start, buf_end
@@ -91,6 +92,17 @@ cdef class Copy:
         """Pump once now; on_done (if it ended) runs from the next poll()."""
         if not self.done:
             self._pump()
+
+    def set_drain(self):
+        """Drain mode: copy what src holds now (still waiting for dst to take
+        it), then end with on_done(0) at the first EAGAIN or EIO from src
+        instead of waiting for more. For a pty master after the process
+        exited: its slave may never be closed by everyone, and reading it
+        returns EIO once no slave is open."""
+        if not self.done and not self.draining:
+            self.draining = True
+            if self.watched != self.dst:
+                self._pump()
 
     cdef int _pump(self) except -1:
         cdef ssize_t n
@@ -115,6 +127,8 @@ cdef class Copy:
                     err = errno
                     if err == EINTR:
                         continue
+                    if self.draining and (err == EAGAIN or err == EIO):
+                        return self._finish(0)
                     if err == EAGAIN:
                         return self._wait(self.src, EPOLLIN)
                     return self._finish(err)
@@ -136,12 +150,19 @@ cdef class Copy:
                 # Either src is empty or dst is full: ask src which.
                 if ioctl(self.src, FIONREAD, &avail) == 0 and avail > 0:
                     return self._wait(self.dst, EPOLLOUT)
+                if self.draining:
+                    return self._finish(0)
                 return self._wait(self.src, EPOLLIN)
+            if self.draining and err == EIO:
+                return self._finish(0)
             if err == EINVAL:
                 self._go_buffered()
                 continue
             return self._finish(err)
         # Still busy: stay registered on src (level-triggered: fires again).
+        if self.draining and self.buf_start >= self.buf_end \
+                and ioctl(self.src, FIONREAD, &avail) == 0 and avail == 0:
+            return self._finish(0)
         return self._wait(self.src, EPOLLIN)
 
     cdef int _go_buffered(self) except -1:
@@ -230,10 +251,14 @@ cdef class Poller:
         return (<_FdWatch>w).reader, (<_FdWatch>w).writer
 
     # ---- native copies ---------------------------------------------------
-    def add_copy(self, int src, int dst, on_done):
+    def add_copy(self, int src, int dst, on_done, bint drain=False):
         """Copy src -> dst until src reaches EOF (or an error). Both fds are
         made non-blocking; neither is closed. on_done(errno or 0) runs once
-        from poll()."""
+        from poll(). drain=True: start in drain mode (Copy.set_drain).
+
+        A read error ends the copy with on_done(errno) and nothing buffered
+        is lost (reads happen only into an empty buffer): a pty master that
+        returns EIO (no slave open) can simply be copied again later."""
         if src in self.fds:
             raise ValueError("fd %d already watched" % src)
         _set_nonblock(src)
@@ -244,6 +269,7 @@ cdef class Poller:
         c.on_done = on_done
         c.watched = -1
         c.poller = self
+        c.draining = drain
         c._pump()
         return c
 

@@ -5,14 +5,28 @@ FIFOs so that nothing ever blocks and nothing is lost (spec io.md §3):
 stdout/stderr FIFOs O_RDWR (the shim is writer and keep-alive reader at
 once), stdin FIFO O_RDONLY|O_NONBLOCK plus a keep-alive O_WRONLY writer that
 only CloseIO drops. The bytes are moved by the native copier in the loop.
+
+Terminal processes (spec io.md §7) get a pty from runc through a console
+socket (a listening unix socket in a fresh temp dir): runc sends the master
+with SCM_RIGHTS, the shim copies stdin FIFO -> master and master -> stdout.
+Reading a master returns EIO while no slave is open; the copy then ends with
+EIO and is re-armed after a short pause while the process lives. Once the
+process has exited, the master is drained until it has nothing more (drain
+mode of the native copy) and the output is complete.
 """
 import os
 
+from shim import _native
 from shim.loop import Future, get_loop, wait_for
-from shim.ttrpc import TTRPCError, INVALID_ARGUMENT, UNIMPLEMENTED
+from shim.ttrpc import TTRPCError, INVALID_ARGUMENT, UNIMPLEMENTED, UNKNOWN
 
 _O_CLOEXEC = os.O_CLOEXEC
 _O_NONBLOCK = os.O_NONBLOCK
+_EAGAIN = 11
+_EIO = 5
+CONSOLE_TIMEOUT = 30.0       # seconds to wait for runc to send the pty master
+TTY_REARM_MIN = 0.05         # pause before reading a master again after EIO
+TTY_REARM_MAX = 1.0
 
 
 def _close(fd):
@@ -60,17 +74,32 @@ class ProcessIO:
         self.pending = 0
         self.copied = Future()   # resolved when stdout/stderr copies are done
         self.active = []
+        self.started = False
+        self.closed = False
+        self.exited = False      # the process was reaped
+        # terminal only
+        self.console_dir = None  # temp dir holding the console socket
+        self.console_path = None # what runc gets as --console-socket
+        self._console = None     # listening _socket.socket
+        self.master = -1         # pty master (output side, resize)
+        self.master_in = -1      # dup of the master for the stdin copy
+        self.tty_out = -1        # where the pty output goes
+        self.tty_src = -1        # stdin FIFO read end (terminal)
+        self.tty_copy = None     # running master -> tty_out copy
+        self._tty_timer = None
+        self._tty_delay = TTY_REARM_MIN
+        self._hangup = False     # stdin ended: close the master after draining
 
     def _own(self, fd):
         self.fds.append(fd)
         return fd
 
     def open(self):
-        if self.terminal:
-            raise TTRPCError(UNIMPLEMENTED, "terminal stdio is not supported yet: not implemented")
         scheme, path = parse_uri(self.stdout_path)
         try:
-            if scheme == "":
+            if self.terminal:
+                self._open_terminal(scheme, path)
+            elif scheme == "":
                 null = self._own(os.open("/dev/null", os.O_RDWR | _O_CLOEXEC))
                 self.child = [null, null, null]
             elif scheme == "fifo":
@@ -133,6 +162,226 @@ class ProcessIO:
         self._output(1, f)
         self._output(2, self._own(os.dup(f)))
 
+    # ---- terminal ----------------------------------------------------------
+    def _open_terminal(self, scheme, path):
+        if scheme == "fifo":
+            if self.stdin_path:
+                p = self._path(self.stdin_path)
+                self.tty_src = self._own(os.open(p, os.O_RDONLY | _O_NONBLOCK | _O_CLOEXEC))
+                self.stdin_keepalive = self._own(
+                    os.open(p, os.O_WRONLY | _O_NONBLOCK | _O_CLOEXEC))
+            self.tty_out = self._own(os.open(self._path(path), os.O_RDWR | _O_CLOEXEC))
+        elif scheme == "file":
+            d = os.path.dirname(path)
+            if d:
+                os.makedirs(d, 0o755, exist_ok=True)
+            self.tty_out = self._own(
+                os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_CLOEXEC, 0o644))
+        elif scheme == "":
+            self.tty_out = self._own(os.open("/dev/null", os.O_WRONLY | _O_CLOEXEC))
+        else:
+            raise TTRPCError(UNIMPLEMENTED, "%s logging is not supported yet: not implemented" % scheme)
+        self._open_console_socket()
+        self.pending = 1
+
+    def _open_console_socket(self):
+        import _socket
+        base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
+        for _ in range(100):
+            d = os.path.join(base, "pty%d" % int.from_bytes(os.urandom(4), "little"))
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                continue
+            break
+        else:
+            raise OSError(17, "cannot create a console socket directory in %s" % base)
+        self.console_dir = d
+        path = os.path.join(d, "pty.sock")
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            s.setblocking(False)
+            s.bind(path)
+            s.listen(1)
+        except BaseException:
+            s.close()
+            raise
+        self._console = s
+        self.console_path = path
+
+    def _remove_console_socket(self):
+        s, self._console = self._console, None
+        if s is not None:
+            try:
+                self.loop.remove_reader(s.fileno())
+            except (OSError, ValueError):
+                pass
+            s.close()
+        d, self.console_dir = self.console_dir, None
+        if d is not None:
+            try:
+                os.unlink(os.path.join(d, "pty.sock"))
+            except OSError:
+                pass
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+    async def receive_console(self, timeout=CONSOLE_TIMEOUT):
+        """Accept runc's connection on the console socket and take the pty
+        master it sends (without blocking the loop; bounded by timeout).
+        Then the socket and its directory are removed."""
+        if not self.terminal or self.master >= 0:
+            return
+        loop = self.loop
+        sock = self._console
+        lfd = sock.fileno()
+        fut = Future()
+        conn = [-1]
+
+        def on_conn():
+            try:
+                fd, _name = _native.recv_fd(conn[0])
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == _EAGAIN:
+                    return
+                fut.set_exception(e)
+            else:
+                fut.set_result(fd)
+            loop.remove_reader(conn[0])
+
+        def on_listen():
+            try:
+                fd, _addr = sock._accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                fut.set_exception(e)
+                loop.remove_reader(lfd)
+                return
+            loop.remove_reader(lfd)
+            conn[0] = fd
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, on_conn)
+            on_conn()
+
+        loop.add_reader(lfd, on_listen)
+        on_listen()
+        try:
+            try:
+                master = await wait_for(fut, timeout)
+            except TimeoutError:
+                raise TTRPCError(UNKNOWN, "failed to receive the pty master from runc: "
+                                 "timed out after %gs" % timeout) from None
+            except OSError as e:
+                raise TTRPCError(UNKNOWN, "failed to receive the pty master from runc: %s" % e) from None
+        finally:
+            if conn[0] >= 0:
+                try:
+                    loop.remove_reader(conn[0])
+                except (OSError, ValueError):
+                    pass
+                _close(conn[0])
+            self._remove_console_socket()
+        if self.closed:             # closed meanwhile
+            _close(master)
+            return
+        self.master = self._own(master)
+        os.set_blocking(master, False)
+
+    def _start_terminal(self):
+        if self.master < 0:
+            raise TTRPCError(UNKNOWN, "no pty master received from runc")
+        if self.tty_src >= 0:
+            self.master_in = self._own(os.dup(self.master))
+            src = self.tty_src
+            self.active.append(self.loop.add_copy(src, self.master_in, self._tty_stdin_done))
+        self._arm_tty()
+
+    def _arm_tty(self):
+        self._tty_timer = None
+        if self.master < 0 or self.tty_copy is not None:
+            return
+        c = self.tty_copy = self.loop.add_copy(self.master, self.tty_out, self._tty_done)
+        if self.exited or self._hangup:
+            c.set_drain()
+
+    def _tty_done(self, err):
+        c, self.tty_copy = self.tty_copy, None
+        if self.master < 0:
+            return                  # closed meanwhile
+        if c is not None and c.copied:
+            self._tty_delay = TTY_REARM_MIN
+        if err == _EIO and not self.exited and not self._hangup:
+            # No slave open right now, the process still lives: look again
+            # later (epoll reports HUP continuously on such a master).
+            self._tty_timer = self.loop.call_later(self._tty_delay, self._arm_tty)
+            self._tty_delay = min(self._tty_delay * 2, TTY_REARM_MAX)
+            return
+        self._tty_output_finished()
+
+    def _tty_output_finished(self):
+        if self._hangup:
+            # Like Go: stdin ended, the console goes away (the tty hangs up).
+            self._close_master()
+        self._output_finished()
+
+    def _tty_stdin_done(self, err):
+        src, self.tty_src = self.tty_src, -1
+        self._forget(src)
+        mi, self.master_in = self.master_in, -1
+        self._forget(mi)
+        if err != 0:
+            return                  # EIO: no slave to write to; keep output going
+        # stdin EOF (client closed and CloseIO): Go closes the console. Copy
+        # what output is there first, then close the master.
+        self._hangup = True
+        if self.tty_copy is not None:
+            self.tty_copy.set_drain()
+        elif self._tty_timer is not None:
+            self._tty_timer.cancel()
+            self._arm_tty()
+        elif self.copied.done() or not self.started:
+            self._close_master()
+
+    def _close_master(self):
+        if self._tty_timer is not None:
+            self._tty_timer.cancel()
+            self._tty_timer = None
+        if self.tty_copy is not None:
+            self.tty_copy.cancel()
+            self.tty_copy = None
+        for name in ("master_in", "master"):
+            fd = getattr(self, name)
+            setattr(self, name, -1)
+            self._forget(fd)
+
+    def _forget(self, fd):
+        if fd is not None and fd >= 0:
+            if fd in self.fds:
+                self.fds.remove(fd)
+            _close(fd)
+
+    def process_exited(self):
+        """The process was reaped: for a terminal, drain the master and end
+        the output copy (its other holders may keep the slave open)."""
+        self.exited = True
+        if not self.terminal or not self.started:
+            return
+        if self.tty_copy is not None:
+            self.tty_copy.set_drain()
+        elif self._tty_timer is not None:
+            self._tty_timer.cancel()
+            self._arm_tty()
+
+    def resize(self, width, height):
+        """ResizePty: TIOCSWINSZ on the master (no-op without a pty)."""
+        if self.master >= 0:
+            _native.set_winsize(self.master, height, width)
+
     @staticmethod
     def _path(p):
         return p[len("fifo://"):] if p.startswith("fifo://") else p
@@ -142,6 +391,10 @@ class ProcessIO:
 
     def start(self):
         """runc has the container-side ends now: drop ours and copy."""
+        self.started = True
+        if self.terminal:
+            self._start_terminal()
+            return
         for fd in set(fd for fd in self.child if fd is not None):
             if fd in self.fds:
                 self.fds.remove(fd)
@@ -164,8 +417,11 @@ class ProcessIO:
         if not is_output:
             self.stdin_pipe_w = -1
             return
+        self._output_finished()
+
+    def _output_finished(self):
         self.pending -= 1
-        if self.pending == 0:
+        if self.pending <= 0:
             self.copied.set_result(None)
 
     def close_stdin(self):
@@ -179,6 +435,8 @@ class ProcessIO:
             _close(fd)
 
     async def wait_copied(self, timeout):
+        if not self.started:
+            return True
         if not self.copied.done():
             try:
                 await wait_for(self.copied, timeout)
@@ -187,11 +445,15 @@ class ProcessIO:
         return True
 
     def close(self):
+        self.closed = True
         for c in self.active:
             c.cancel()
         self.active = []
+        self._close_master()
+        self._remove_console_socket()
         fds, self.fds = self.fds, []
         for fd in fds:
             _close(fd)
         self.stdin_keepalive = -1
         self.stdin_pipe_w = -1
+        self.tty_src = self.tty_out = -1

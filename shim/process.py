@@ -3,7 +3,13 @@
 States and error texts follow the Go runc shim (spec task-service.md §2-3):
 state errors are code 2 (Unknown) with bare text.
 """
+import os
 import time
+
+try:
+    from _signal import pidfd_send_signal as _pidfd_send_signal
+except ImportError:          # Python < 3.9
+    _pidfd_send_signal = None
 
 from shim.loop import Future
 from shim.ttrpc import TTRPCError, UNKNOWN
@@ -43,6 +49,8 @@ class Process:
         self.starting = False          # Start in flight: hold the exit back
         self.held_exit = None          # (status, when) reaped during Start
         self.reaped = False
+        self.spec = None               # exec: OCI Process JSON (str) for runc
+        self.pidfd = -1                # exec: pidfd while running (kill w/o pid reuse)
 
     @property
     def id(self):
@@ -52,6 +60,8 @@ class Process:
         return self.exited_at
 
     def check_start(self):
+        if self.starting and self.status == CREATED:
+            raise state_error("cannot start a running process")
         if self.status != CREATED:
             raise state_error("cannot start a %s process" % STATE_NAMES[self._base_status()])
 
@@ -59,10 +69,29 @@ class Process:
         return self.status
 
     def check_delete(self):
+        if self.starting and self.exec_id:
+            raise state_error("cannot delete a running process")
         if self.status in (RUNNING, PAUSED, PAUSING):
             raise state_error("cannot delete a %s process" % STATE_NAMES[self.status])
 
+    def close_pidfd(self):
+        fd, self.pidfd = self.pidfd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def signal(self, signum):
+        """kill(2) an exec's process: through its pidfd when there is one (the
+        pid cannot have been reused), else by pid. OSError as from kill."""
+        if self.pidfd >= 0 and _pidfd_send_signal is not None:
+            _pidfd_send_signal(self.pidfd, signum)
+        else:
+            os.kill(self.pid, signum)
+
     def record_exit(self, status, when=None):
+        self.close_pidfd()
         self.reaped = True
         self.status = STOPPED
         self.exit_status = status

@@ -7,18 +7,21 @@ import os
 
 from shim import jsonlite, mount, runc as runc_mod
 from shim.io import ProcessIO
-from shim.loop import get_loop, wait_for
+from shim.loop import Future, get_loop, wait_for
 from shim.pb import events as ev
 from shim.pb import task as pb
 from shim.pb import wkt
 from shim.process import (CREATED, PAUSED, PAUSING, RUNNING, STOPPED, ZERO_TIME,
                           Process, state_error)
-from shim.ttrpc import TTRPCError, UNKNOWN, already_exists, invalid_argument, not_found
+from shim.ttrpc import (TTRPCError, UNKNOWN, already_exists, failed_precondition,
+                        invalid_argument, not_found)
 
 EMPTY = wkt.Empty()
+_pidfd_open = getattr(os, "pidfd_open", None)
 RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
 IO_DRAIN_ON_EXIT = 1.0      # seconds the exit event waits for output to drain
 IO_DRAIN_ON_DELETE = 10.0
+SIGKILL = 9
 
 
 def _ts(t):
@@ -37,6 +40,7 @@ class Container:
         self.private_pidns = private_pidns
         self.init = None
         self.execs = {}
+        self.io_ids = (0, 0)        # Options.io_uid / io_gid for stdio pipes
 
     def process(self, exec_id):
         if not exec_id:
@@ -56,7 +60,7 @@ class TaskService:
         self.log = log
         self.containers = {}
         self.by_pid = {}            # pid -> Process (running/created ones)
-        self.creating = 0           # Creates whose pid is not known yet
+        self.creating = 0           # Creates/exec Starts whose pid is not known yet
         self.early_exits = {}       # pid -> (status, when) reaped before known
         self.shutdown_cb = shutdown_cb
         reaper.on_exit = self._on_exit
@@ -104,11 +108,39 @@ class TaskService:
             return
         self._process_exited(p, status, when)
 
+    def _begin_pid_window(self):
+        """A runc create/exec is about to run: exits of pids we do not know
+        yet are kept until _end_pid_window."""
+        self.creating += 1
+
+    def _register_pid(self, p, pid):
+        """p's pid is known: route its exits to p from now on, and take an
+        exit that was reaped before (held until p.starting ends)."""
+        p.pid = pid
+        self.by_pid[pid] = p
+        early = self.early_exits.pop(pid, None)
+        if early is not None:
+            p.held_exit = early
+
+    def _end_pid_window(self):
+        self.creating -= 1
+        if not self.creating:
+            self.early_exits = {}
+
+    def _release_held_exit(self, p):
+        p.starting = False
+        if p.held_exit is not None:
+            held, p.held_exit = p.held_exit, None
+            self._process_exited(p, *held)
+
     def _process_exited(self, p, status, when):
-        self.by_pid.pop(p.pid, None)
+        if self.by_pid.get(p.pid) is p:
+            del self.by_pid[p.pid]
         if p.status == STOPPED:
             return
         p.record_exit(status, when)
+        if p.io is not None:
+            p.io.process_exited()
         self.loop.spawn(self._finish_exit(p))
 
     async def _finish_exit(self, p):
@@ -120,7 +152,15 @@ class TaskService:
             except Exception as e:
                 self.log.warning("killall of %s failed: %s" % (c.id, e))
         # Let the last output reach the client before the exit event.
-        await p.io.wait_copied(IO_DRAIN_ON_EXIT)
+        if p.io is not None:
+            await p.io.wait_copied(IO_DRAIN_ON_EXIT)
+        if p is c.init:
+            # The init's exit comes after the exits of all its execs (2.x);
+            # they die with it (private pid ns) or by the kill-all above.
+            for e in list(c.execs.values()):
+                if e.starting or e.status == RUNNING or (e.status == STOPPED
+                                                          and e.pid):
+                    await e.exited
         self._publish("/tasks/exit", ev.TaskExit(
             container_id=c.id, id=p.id, pid=p.pid, exit_status=p.exit_status,
             exited_at=_ts(p.exited_at)))
@@ -135,8 +175,6 @@ class TaskService:
             raise already_exists("container %s" % cid)
         bundle = req.bundle
         opts = self._runc_options(req.options)
-        if req.terminal:
-            raise TTRPCError(12, "terminal is not supported yet: not implemented")
         runc = runc_mod.Runc(
             binary=opts.get("binary_name") or "runc",
             root=opts.get("root") or runc_mod.DEFAULT_ROOT,
@@ -145,11 +183,14 @@ class TaskService:
             criu_path=opts.get("criu_path") or "",
             reaper=self.reaper)
         container = Container(cid, bundle, runc, False, _private_pidns(bundle))
+        container.io_ids = (opts.get("io_uid", 0), opts.get("io_gid", 0))
         # Reserve the id before the first await: a concurrent duplicate
         # Create must not touch this container's mounts.
         self.containers[cid] = container
         io = None
-        self.creating += 1
+        p = None
+        pid = 0
+        self._begin_pid_window()
         try:
             rootfs = os.path.join(bundle, "rootfs")
             if req.rootfs:
@@ -158,21 +199,34 @@ class TaskService:
                 container.rootfs_mounted = True
             runc_mod.write_bundle_options(bundle, opts)
             io = ProcessIO(req.stdin, req.stdout, req.stderr, req.terminal,
-                           opts.get("io_uid", 0), opts.get("io_gid", 0))
+                           *container.io_ids)
             io.open()
             try:
-                await runc.create(cid, bundle, stdio=io.runc_fds(),
-                                  no_pivot=bool(opts.get("no_pivot_root")),
-                                  no_new_keyring=bool(opts.get("no_new_keyring")))
+                pid = await runc.create(
+                    cid, bundle, stdio=None if req.terminal else io.runc_fds(),
+                    console_socket=io.console_path,
+                    no_pivot=bool(opts.get("no_pivot_root")),
+                    no_new_keyring=bool(opts.get("no_new_keyring")))
             except runc_mod.RuncError as e:
                 raise runc_mod.runc_error("OCI runtime create failed", e)
-            pid = runc_mod.read_pid_file(os.path.join(bundle, "init.pid"))
-            io.start()
             p = Process(container, "", req.stdin, req.stdout, req.stderr, req.terminal, io)
-            p.pid = pid
+            p.starting = True       # hold an exit until /tasks/create is out
+            self._register_pid(p, pid)
+            if req.terminal:
+                await io.receive_console()
+            io.start()
             container.init = p
-            self.by_pid[pid] = p
         except BaseException:
+            if p is not None:
+                if self.by_pid.get(pid) is p:
+                    del self.by_pid[pid]
+                if not p.held_exit:
+                    # runc created it but we cannot serve it: do not leave
+                    # runc's init waiting behind.
+                    try:
+                        await runc.delete(cid, bundle, force=True)
+                    except Exception as e:
+                        self.log.warning("delete after failed create: %s" % e)
             if io is not None:
                 io.close()
             if container.rootfs_mounted:
@@ -183,19 +237,13 @@ class TaskService:
             del self.containers[cid]
             raise
         finally:
-            self.creating -= 1
-            if not self.creating:
-                early, self.early_exits = self.early_exits, {}
-            else:
-                early = self.early_exits
+            self._end_pid_window()
         self._publish("/tasks/create", ev.TaskCreate(
             container_id=cid, bundle=bundle, rootfs=list(req.rootfs),
             io=ev.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
                          terminal=req.terminal),
             checkpoint=req.checkpoint, pid=pid))
-        held = early.pop(pid, None)
-        if held is not None:
-            self._process_exited(p, *held)
+        self._release_held_exit(p)
         return pb.CreateTaskResponse(pid=pid)
 
     def _runc_options(self, any_opts):
@@ -214,7 +262,7 @@ class TaskService:
         c = self._container(req.id)
         p = c.process(req.exec_id)
         if p.exec_id:
-            raise TTRPCError(12, "exec is not supported yet: not implemented")
+            return await self._start_exec(c, p)
         if p.status == PAUSED:
             raise state_error("cannot start a paused process")
         p.check_start()
@@ -228,11 +276,62 @@ class TaskService:
                 p.status = RUNNING
             self._publish("/tasks/start", ev.TaskStart(container_id=c.id, pid=p.pid))
         finally:
-            p.starting = False
-            if p.held_exit is not None:
-                held, p.held_exit = p.held_exit, None
-                self._process_exited(p, *held)
+            self._release_held_exit(p)
         return pb.StartResponse(pid=p.pid)
+
+    async def _start_exec(self, c, p):
+        p.check_start()
+        if c.init.status in (PAUSED, PAUSING):
+            # runc would put the new process into the frozen cgroup and hang.
+            raise state_error("cannot exec in a paused state")
+        if p.exited.done():         # a failed Start before released Wait
+            p.exited = Future()
+        p.starting = True
+        io = p.io = ProcessIO(p.stdin, p.stdout, p.stderr, p.terminal, *c.io_ids)
+        pid = 0
+        self._begin_pid_window()
+        try:
+            io.open()
+            try:
+                pid = await c.runc.exec(
+                    c.id, c.bundle, p.spec, p.exec_id,
+                    stdio=None if p.terminal else io.runc_fds(),
+                    console_socket=io.console_path)
+            except runc_mod.RuncError as e:
+                raise runc_mod.runc_error("OCI runtime exec failed", e)
+            self._register_pid(p, pid)
+            if p.held_exit is None and _pidfd_open is not None:
+                try:
+                    p.pidfd = _pidfd_open(pid)
+                except OSError:
+                    pass
+            if p.terminal:
+                await io.receive_console()
+            io.start()
+            p.status = RUNNING
+        except BaseException:
+            if pid:
+                if self.by_pid.get(pid) is p:
+                    del self.by_pid[pid]
+                if p.held_exit is None:
+                    try:
+                        p.signal(SIGKILL)   # runc started it, but we cannot serve it
+                    except OSError:
+                        pass
+                p.close_pidfd()
+                p.held_exit = None
+                p.pid = 0
+            io.close()
+            p.starting = False
+            # The exec stays created (it may be deleted); Wait returns now.
+            p.exited.set_result(None)
+            raise
+        finally:
+            self._end_pid_window()
+        self._publish("/tasks/exec-started", ev.TaskExecStarted(
+            container_id=c.id, exec_id=p.exec_id, pid=pid))
+        self._release_held_exit(p)
+        return pb.StartResponse(pid=pid)
 
     async def delete(self, req, ctx):
         c = self._container(req.id)
@@ -240,7 +339,13 @@ class TaskService:
         if p.exec_id:
             p.check_delete()
             del c.execs[p.exec_id]
-            p.io.close()
+            if p.io is not None:
+                await p.io.wait_copied(IO_DRAIN_ON_DELETE)
+                p.io.close()
+            try:
+                os.unlink(os.path.join(c.bundle, "%s.pid" % p.exec_id))
+            except OSError:
+                pass
             return pb.DeleteResponse(pid=p.pid, exit_status=p.exit_status,
                                      exited_at=_ts(p.exited_at))
         p.check_delete()
@@ -292,7 +397,15 @@ class TaskService:
         c = self._container(req.id)
         p = c.process(req.exec_id)
         if p.exec_id:
-            raise TTRPCError(12, "exec is not supported yet: not implemented")
+            if p.status == CREATED:
+                raise failed_precondition("process not created")
+            if p.status == STOPPED or p.held_exit is not None:
+                raise not_found("process already finished")
+            try:
+                p.signal(req.signal)
+            except OSError as e:
+                raise runc_mod.classify_kill_error(e)
+            return EMPTY
         try:
             await c.runc.kill(c.id, c.bundle, req.signal, all=req.all)
         except runc_mod.RuncError as e:
@@ -369,17 +482,47 @@ class TaskService:
     async def close_io(self, req, ctx):
         c = self._container(req.id)
         p = c.process(req.exec_id)
-        p.io.close_stdin()
+        if p.io is not None:
+            p.io.close_stdin()
         return EMPTY
 
     async def resize_pty(self, req, ctx):
         c = self._container(req.id)
-        c.process(req.exec_id)
+        p = c.process(req.exec_id)
+        if p.exec_id and p.status == STOPPED:
+            raise state_error("cannot resize a stopped container")
+        if p.io is not None:
+            try:
+                p.io.resize(req.width, req.height)
+            except OSError as e:
+                raise TTRPCError(UNKNOWN, "resize pty: %s" % (e.strerror or e))
         return EMPTY
 
     async def exec(self, req, ctx):
-        self._container(req.id)
-        raise TTRPCError(12, "exec is not supported yet: not implemented")
+        c = self._container(req.id)
+        eid = req.exec_id
+        if not eid:
+            raise invalid_argument("exec id must not be empty")
+        if eid in c.execs:
+            raise already_exists("id %s" % eid)
+        init = c.init
+        if init.status in (PAUSED, PAUSING):
+            raise state_error("cannot exec in a paused state")
+        if init.status == STOPPED:
+            raise state_error("cannot exec in a stopped state")
+        value = req.spec.value if req.spec is not None else b""
+        try:
+            spec = jsonlite.loads(value)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise TTRPCError(UNKNOWN, "invalid process spec: %s" % e)
+        if not isinstance(spec, dict):
+            raise TTRPCError(UNKNOWN, "invalid process spec: not a JSON object")
+        spec["terminal"] = bool(req.terminal)
+        p = Process(c, eid, req.stdin, req.stdout, req.stderr, req.terminal, None)
+        p.spec = jsonlite.dumps(spec)
+        c.execs[eid] = p
+        self._publish("/tasks/exec-added", ev.TaskExecAdded(container_id=c.id, exec_id=eid))
+        return EMPTY
 
     async def checkpoint(self, req, ctx):
         self._container(req.id)
