@@ -1,0 +1,323 @@
+"""Process stdio: the native copy's drain mode, pty masters (EIO while no
+slave is open) and ProcessIO's terminal path with a fake runc that sends a
+pty master over the console socket."""
+import errno
+import fcntl
+import os
+import socket
+import time
+
+import pytest
+
+from shim import _native
+from shim.io import ProcessIO
+from shim.loop import Future, get_loop, sleep, wait_for
+from shim.ttrpc import TTRPCError
+
+loop = get_loop()
+
+
+def run(coro, timeout=20):
+    return loop.run_until_complete(loop.spawn(coro), timeout=timeout)
+
+
+def settle(seconds=0.05):
+    loop.run_until_complete(sleep(seconds), timeout=5)
+
+
+def read_all(fd):
+    out = bytearray()
+    while True:
+        try:
+            b = os.read(fd, 1 << 16)
+        except (BlockingIOError, OSError):
+            break
+        if not b:
+            break
+        out += b
+    return bytes(out)
+
+
+def raw(fd):
+    import tty
+    tty.setraw(fd)
+
+
+# ---- native copy: drain mode and pty masters --------------------------------
+
+def test_drain_mode_ends_at_eagain_without_eof():
+    src_r, src_w = os.pipe()
+    dst_r, dst_w = os.pipe()
+    os.write(src_w, b"x" * 1000)
+    done = Future()
+    c = loop.add_copy(src_r, dst_w, done.set_result)
+    assert not c.draining
+    c.set_drain()
+    assert c.draining
+    assert run(wait_for(done, 5)) == 0      # the writer is still open
+    os.set_blocking(dst_r, False)
+    assert read_all(dst_r) == b"x" * 1000
+    for fd in (src_r, src_w, dst_r, dst_w):
+        os.close(fd)
+
+
+def test_drain_mode_waits_for_a_full_destination():
+    src_r, src_w = os.pipe()
+    dst_r, dst_w = os.pipe()
+    payload = os.urandom(200000)             # > the 64 KiB pipe buffer
+    os.set_blocking(src_w, False)
+    fcntl.fcntl(src_w, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    os.write(src_w, payload)
+    done = Future()
+    c = loop.poller.add_copy(src_r, dst_w, done.set_result, True)
+    assert not done.done() and c.draining
+    got = bytearray()
+    os.set_blocking(dst_r, False)
+
+    async def reader():
+        # Slow client: small reads, so the copy keeps waiting for dst.
+        while len(got) < len(payload):
+            try:
+                got.extend(os.read(dst_r, 4096))
+            except BlockingIOError:
+                await sleep(0.001)
+        return await wait_for(done, 5)
+    assert run(reader()) == 0
+    assert bytes(got) == payload
+    for fd in (src_r, src_w, dst_r, dst_w):
+        os.close(fd)
+
+
+def test_pty_master_eio_after_slave_closed_keeps_all_data():
+    master, slave = os.openpty()
+    raw(slave)
+    dst_r, dst_w = os.pipe()
+    os.write(slave, b"hello pty")
+    os.close(slave)
+    done = Future()
+    loop.add_copy(master, dst_w, done.set_result)
+    # No slave: the copy ends with EIO (not a busy loop), data delivered.
+    assert run(wait_for(done, 5)) == errno.EIO
+    os.set_blocking(dst_r, False)
+    assert read_all(dst_r) == b"hello pty"
+    # Copying the same master again later is fine (nothing buffered lost).
+    again = Future()
+    loop.add_copy(master, dst_w, again.set_result)
+    assert run(wait_for(again, 5)) == errno.EIO
+    # Drain mode treats EIO as the end.
+    third = Future()
+    loop.poller.add_copy(master, dst_w, third.set_result, True)
+    assert run(wait_for(third, 5)) == 0
+    for fd in (master, dst_r, dst_w):
+        os.close(fd)
+
+
+def test_pty_copy_does_not_spin_on_hup():
+    # A level-triggered epoll reports EPOLLHUP all the time on a master with
+    # no slave: a copy must not stay registered on it.
+    master, slave = os.openpty()
+    os.close(slave)
+    dst_r, dst_w = os.pipe()
+    done = Future()
+    loop.add_copy(master, dst_w, done.set_result)
+    run(wait_for(done, 5))
+    t0 = time.process_time()
+    settle(0.3)
+    assert time.process_time() - t0 < 0.15
+    for fd in (master, dst_r, dst_w):
+        os.close(fd)
+
+
+# ---- ProcessIO terminal path -------------------------------------------------
+
+def fake_runc_send_master(path, master):
+    """What runc does with --console-socket: connect, send the master."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    socket.send_fds(s, [b"/dev/ptmx"], [master])
+    s.close()
+
+
+@pytest.fixture
+def fifos(tmp_path):
+    paths = {n: str(tmp_path / n) for n in ("stdin", "stdout")}
+    for p in paths.values():
+        os.mkfifo(p)
+    # Client ends: our reader of stdout is open before the shim starts.
+    out = os.open(paths["stdout"], os.O_RDONLY | os.O_NONBLOCK)
+    yield paths, out
+    os.close(out)
+
+
+def start_tty_io(paths, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    io = ProcessIO(paths["stdin"], paths["stdout"], "", terminal=True)
+    io.open()
+    assert io.runc_fds  # not used for terminals
+    d = os.path.dirname(io.console_path)
+    assert os.path.basename(io.console_path) == "pty.sock"
+    assert os.path.dirname(d) == str(tmp_path) and os.path.basename(d).startswith("pty")
+    master, slave = os.openpty()
+    fake_runc_send_master(io.console_path, master)
+    os.close(master)
+    run(io.receive_console(5))
+    assert not os.path.exists(d)               # socket dir removed
+    io.start()
+    return io, slave
+
+
+def client_writer(path):
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def read_fifo(fd, want, timeout=5):
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(got) < len(want) and time.monotonic() < deadline:
+        settle(0.01)
+        try:
+            got += os.read(fd, 1 << 16)
+        except BlockingIOError:
+            pass
+    return bytes(got)
+
+
+def test_terminal_io_both_directions_and_resize(fifos, tmp_path, monkeypatch):
+    paths, out = fifos
+    io, slave = start_tty_io(paths, tmp_path, monkeypatch)
+    raw(slave)
+    try:
+        os.write(slave, b"from container")
+        assert read_fifo(out, b"from container") == b"from container"
+        w = client_writer(paths["stdin"])
+        os.write(w, b"typed")
+        os.close(w)
+        got = b""
+        deadline = time.monotonic() + 5
+        os.set_blocking(slave, False)
+        while got != b"typed" and time.monotonic() < deadline:
+            settle(0.01)
+            try:
+                got += os.read(slave, 100)
+            except BlockingIOError:
+                pass
+        assert got == b"typed"
+        io.resize(width=132, height=43)
+        import fcntl
+        import struct
+        import termios
+        ws = fcntl.ioctl(slave, termios.TIOCGWINSZ, b"\0" * 8)
+        assert struct.unpack("HHHH", ws)[:2] == (43, 132)
+    finally:
+        os.close(slave)
+        io.close()
+
+
+def test_terminal_output_rearmed_while_no_slave_then_drained_at_exit(fifos, tmp_path,
+                                                                       monkeypatch):
+    paths, out = fifos
+    io, slave = start_tty_io(paths, tmp_path, monkeypatch)
+    raw(slave)
+    name = os.ttyname(slave)
+    try:
+        os.write(slave, b"one ")
+        os.close(slave)            # between programs: no slave open -> EIO
+        assert read_fifo(out, b"one ") == b"one "
+        settle(0.2)
+        assert not io.copied.done() and io.tty_copy is None   # waiting to re-arm
+        slave = os.open(name, os.O_RDWR | os.O_NOCTTY)
+        raw(slave)
+        os.write(slave, b"two ")
+        assert read_fifo(out, b"two ", timeout=5) == b"two "
+        os.write(slave, b"three")
+        # The process exits (its children may keep the slave open): drain.
+        io.process_exited()
+        assert run(io.wait_copied(5)) is True
+        assert read_fifo(out, b"three") == b"three"
+    finally:
+        os.close(slave)
+        io.close()
+
+
+def test_terminal_large_output_through_a_slow_client(fifos, tmp_path, monkeypatch):
+    paths, out = fifos
+    io, slave = start_tty_io(paths, tmp_path, monkeypatch)
+    raw(slave)
+    os.set_blocking(slave, False)
+    payload = os.urandom(3 << 20)
+    view = memoryview(payload)
+    got = bytearray()
+    try:
+        deadline = time.monotonic() + 30
+        while (view or len(got) < len(payload)) and time.monotonic() < deadline:
+            if view:
+                try:
+                    view = view[os.write(slave, view[:65536]):]
+                except BlockingIOError:
+                    pass
+            loop.run_until_complete(sleep(0), timeout=5)
+            try:
+                got += os.read(out, 8192)
+            except BlockingIOError:
+                pass
+        assert bytes(got) == payload
+    finally:
+        os.close(slave)
+        io.close()
+
+
+def test_terminal_stdin_eof_hangs_up_after_draining(fifos, tmp_path, monkeypatch):
+    # Like Go: when stdin ends (client closed it and CloseIO), the console
+    # is closed; output written before is still delivered.
+    paths, out = fifos
+    io, slave = start_tty_io(paths, tmp_path, monkeypatch)
+    raw(slave)
+    try:
+        os.write(slave, b"before")
+        w = client_writer(paths["stdin"])
+        os.close(w)
+        io.close_stdin()
+        assert run(io.wait_copied(5)) is True
+        assert read_fifo(out, b"before") == b"before"
+        assert io.master == -1 and io.master_in == -1
+        os.set_blocking(slave, False)
+        with pytest.raises(OSError):
+            os.write(slave, b"x")   # hung up: EIO
+    finally:
+        os.close(slave)
+        io.close()
+
+
+def test_receive_console_timeout_cleans_up(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    io = ProcessIO("", "", "", terminal=True)
+    io.open()
+    d = os.path.dirname(io.console_path)
+    assert os.path.isdir(d)
+    with pytest.raises(TTRPCError) as e:
+        run(io.receive_console(0.2))
+    assert "pty master" in e.value.message
+    assert not os.path.exists(d)
+    io.close()
+
+
+def test_close_before_start_removes_console_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    io = ProcessIO("", "", "", terminal=True)
+    io.open()
+    d = os.path.dirname(io.console_path)
+    io.close()
+    assert not os.path.exists(d)
+    assert os.listdir(tmp_path) == []
+
+
+def test_unopened_io_counts_as_copied():
+    io = ProcessIO("", "", "")
+    assert run(io.wait_copied(0.1)) is True

@@ -1,0 +1,226 @@
+"""Exit holding and event order in the Task service, with a fake runc: exits
+are injected exactly where the races happen (before the pid is known, during
+Start, init before its execs)."""
+import json
+
+import pytest
+
+from shim.io import ProcessIO
+from shim.loop import get_loop, sleep
+from shim.pb import task as pb
+from shim.pb import wkt
+from shim.process import CREATED, RUNNING, STOPPED, Process
+from shim.task import Container, TaskService
+from shim.ttrpc import TTRPCError
+
+loop = get_loop()
+PROCESS_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+# Far above any real pid on a test machine (pidfd_open of them fails).
+INIT_PID = 4000001
+EXEC_PID = 4000002
+
+
+def run(coro, timeout=10):
+    return loop.run_until_complete(loop.spawn(coro), timeout=timeout)
+
+
+class FakeReaper:
+    on_exit = None
+
+
+class FakePublisher:
+    def __init__(self):
+        self.events = []
+
+    def publish(self, topic, msg):
+        self.events.append((topic, msg))
+
+    def topics(self):
+        return [t for t, _ in self.events]
+
+
+class FakeLog:
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+class FakeRunc:
+    """runc stand-in: `on_exec(service)` / `on_start(service)` run inside the
+    call, before it returns (i.e. before the shim knows the outcome)."""
+
+    def __init__(self):
+        self.on_exec = None
+        self.on_start = None
+        self.exec_error = None
+        self.calls = []
+
+    async def exec(self, id, bundle, spec, exec_id, stdio=None, console_socket=None):
+        self.calls.append(("exec", exec_id, json.loads(spec)))
+        await sleep(0)
+        if self.on_exec:
+            self.on_exec()
+        if self.exec_error:
+            from shim.runc import RuncError
+            raise RuncError(self.exec_error)
+        return EXEC_PID
+
+    async def start(self, id, bundle):
+        self.calls.append(("start",))
+        await sleep(0)
+        if self.on_start:
+            self.on_start()
+
+    async def kill(self, *a, **k):
+        self.calls.append(("kill",) + a)
+
+
+@pytest.fixture
+def svc():
+    pub = FakePublisher()
+    s = TaskService("ns", FakeReaper(), pub, FakeLog())
+    s.runc = FakeRunc()
+    c = Container("c1", "/nonexistent-bundle", s.runc, False, True)
+    io = ProcessIO("", "", "")
+    io.open()
+    io.start()
+    p = Process(c, "", "", "", "", False, io)
+    p.pid = INIT_PID
+    p.status = RUNNING
+    c.init = p
+    s.containers["c1"] = c
+    s.by_pid[INIT_PID] = p
+    s.pub = pub
+    yield s
+    for c in list(s.containers.values()):
+        for e in c.execs.values():
+            if e.io is not None:
+                e.io.close()
+        c.init.io.close()
+
+
+def exec_req(exec_id="e1", terminal=False, args=("true",)):
+    spec = {"args": list(args), "cwd": "/", "terminal": not terminal}
+    return pb.ExecProcessRequest(id="c1", exec_id=exec_id, terminal=terminal,
+                                 spec=wkt.Any(type_url=PROCESS_URL,
+                                              value=json.dumps(spec).encode()))
+
+
+def settle(seconds=0.05):
+    loop.run_until_complete(sleep(seconds), timeout=5)
+
+
+def test_exec_registers_and_overrides_terminal(svc):
+    run(svc.exec(exec_req(), None))
+    assert svc.pub.topics() == ["/tasks/exec-added"]
+    p = svc.containers["c1"].execs["e1"]
+    assert p.status == CREATED
+    assert json.loads(p.spec)["terminal"] is False
+    with pytest.raises(TTRPCError) as e:
+        run(svc.exec(exec_req(), None))
+    assert (e.value.code, e.value.message) == (6, "id e1: already exists")
+
+
+def test_exit_reaped_before_pid_known_published_after_exec_started(svc):
+    run(svc.exec(exec_req(), None))
+    # The exec exits (and is reaped) while runc exec is still running.
+    svc.runc.on_exec = lambda: svc._on_exit(EXEC_PID, 3, 1000.0)
+    r = run(svc.start(pb.StartRequest(id="c1", exec_id="e1"), None))
+    assert r.pid == EXEC_PID
+    settle()
+    assert svc.pub.topics() == ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"]
+    ex = svc.pub.events[2][1]
+    assert (ex.id, ex.pid, ex.exit_status) == ("e1", EXEC_PID, 3)
+    p = svc.containers["c1"].execs["e1"]
+    assert p.status == STOPPED and p.exited.done()
+    assert EXEC_PID not in svc.by_pid and svc.early_exits == {} and svc.creating == 0
+
+
+def test_early_exit_of_unknown_pid_dropped_outside_window(svc):
+    svc._on_exit(EXEC_PID, 1, 1.0)
+    assert svc.early_exits == {}
+
+
+def test_exit_during_init_start_held_until_start_event(svc):
+    init = svc.containers["c1"].init
+    init.status = CREATED
+    svc.runc.on_start = lambda: svc._on_exit(INIT_PID, 0, 1.0)
+    run(svc.start(pb.StartRequest(id="c1"), None))
+    settle()
+    assert svc.pub.topics() == ["/tasks/start", "/tasks/exit"]
+
+
+def test_exec_start_failure_stays_created_and_wait_returns(svc):
+    run(svc.exec(exec_req(), None))
+    svc.runc.exec_error = 'exec failed: exec: "/bin/nope": no such file'
+    with pytest.raises(TTRPCError) as e:
+        run(svc.start(pb.StartRequest(id="c1", exec_id="e1"), None))
+    assert e.value.code == 2
+    assert e.value.message == 'OCI runtime exec failed: exec failed: exec: "/bin/nope": no such file'
+    p = svc.containers["c1"].execs["e1"]
+    assert p.status == CREATED and p.pid == 0 and svc.creating == 0
+    w = run(svc.wait(pb.WaitRequest(id="c1", exec_id="e1"), None))
+    assert w.exit_status == 0
+    with pytest.raises(TTRPCError) as e:
+        run(svc.kill(pb.KillRequest(id="c1", exec_id="e1", signal=9), None))
+    assert (e.value.code, e.value.message) == (9, "process not created: failed precondition")
+    run(svc.delete(pb.DeleteRequest(id="c1", exec_id="e1"), None))
+    assert "e1" not in svc.containers["c1"].execs
+    assert svc.pub.topics() == ["/tasks/exec-added"]
+
+
+def test_init_exit_waits_for_running_execs(svc):
+    run(svc.exec(exec_req(), None))
+    run(svc.start(pb.StartRequest(id="c1", exec_id="e1"), None))
+    init_wait = loop.spawn(svc.wait(pb.WaitRequest(id="c1"), None))
+    svc._on_exit(INIT_PID, 137, 2.0)
+    settle()
+    # The init is stopped, but its exit is not out while the exec runs.
+    assert svc.containers["c1"].init.status == STOPPED
+    assert svc.pub.topics() == ["/tasks/exec-added", "/tasks/exec-started"]
+    assert not init_wait.done()
+    svc._on_exit(EXEC_PID, 137, 2.1)
+    loop.run_until_complete(init_wait, timeout=5)
+    exits = [(m.id, m.exit_status) for t, m in svc.pub.events if t == "/tasks/exit"]
+    assert exits == [("e1", 137), ("c1", 137)]
+    assert init_wait.result().exit_status == 137
+
+
+def test_exec_refused_when_init_paused_or_stopped(svc):
+    from shim.process import PAUSED
+    init = svc.containers["c1"].init
+    init.status = PAUSED
+    with pytest.raises(TTRPCError) as e:
+        run(svc.exec(exec_req(), None))
+    assert (e.value.code, e.value.message) == (2, "cannot exec in a paused state")
+    init.status = STOPPED
+    with pytest.raises(TTRPCError) as e:
+        run(svc.exec(exec_req(), None))
+    assert (e.value.code, e.value.message) == (2, "cannot exec in a stopped state")
+    assert svc.pub.topics() == []
+
+
+def test_exec_state_reports_paused_init(svc):
+    from shim.process import PAUSED
+    run(svc.exec(exec_req(), None))
+    run(svc.start(pb.StartRequest(id="c1", exec_id="e1"), None))
+    svc.containers["c1"].init.status = PAUSED
+    st = run(svc.state(pb.StateRequest(id="c1", exec_id="e1"), None))
+    assert (st.id, st.pid, st.status) == ("e1", EXEC_PID, PAUSED)
+    svc.containers["c1"].init.status = RUNNING
+    svc._on_exit(EXEC_PID, 0, 3.0)
+    settle()
+
+
+def test_kill_and_resize_of_stopped_exec(svc):
+    run(svc.exec(exec_req(), None))
+    run(svc.start(pb.StartRequest(id="c1", exec_id="e1"), None))
+    svc._on_exit(EXEC_PID, 0, 3.0)
+    settle()
+    with pytest.raises(TTRPCError) as e:
+        run(svc.kill(pb.KillRequest(id="c1", exec_id="e1", signal=9), None))
+    assert (e.value.code, e.value.message) == (5, "process already finished: not found")
+    with pytest.raises(TTRPCError) as e:
+        run(svc.resize_pty(pb.ResizePtyRequest(id="c1", exec_id="e1", width=1, height=1), None))
+    assert (e.value.code, e.value.message) == (2, "cannot resize a stopped container")
+    d = run(svc.delete(pb.DeleteRequest(id="c1", exec_id="e1"), None))
+    assert (d.pid, d.exit_status, d.exited_at.seconds) == (EXEC_PID, 0, 3)
