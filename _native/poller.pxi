@@ -40,6 +40,14 @@ cdef extern from "<fcntl.h>" nogil:
 cdef extern from "<sys/ioctl.h>" nogil:
     unsigned long FIONREAD
 
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int c_poll "poll"(pollfd *fds, unsigned long nfds, int timeout)
+    short POLLHUP
+
 cdef extern from "<unistd.h>" nogil:
     ssize_t c_read "read"(int fd, void *buf, size_t n)
     ssize_t c_write "write"(int fd, const void *buf, size_t n)
@@ -57,6 +65,14 @@ cdef int _set_nonblock(int fd) nogil:
     if fl < 0:
         return -1
     return fcntl(fd, F_SETFL, fl | O_NONBLOCK)
+
+
+cdef bint _hung_up(int fd) noexcept nogil:
+    cdef pollfd p
+    p.fd = fd
+    p.events = 0
+    p.revents = 0
+    return c_poll(&p, 1, 0) == 1 and (p.revents & POLLHUP) != 0
 
 
 cdef class _FdWatch:
@@ -150,7 +166,10 @@ cdef class Copy:
                 # Either src is empty or dst is full: ask src which.
                 if ioctl(self.src, FIONREAD, &avail) == 0 and avail > 0:
                     return self._wait(self.dst, EPOLLOUT)
-                if self.draining:
+                if self.draining or _hung_up(self.src):
+                    # Empty, and no writer left: that is EOF (splice says
+                    # EAGAIN when dst is full even then; waiting on the
+                    # hung-up src would spin).
                     return self._finish(0)
                 return self._wait(self.src, EPOLLIN)
             if self.draining and err == EIO:
@@ -309,6 +328,8 @@ cdef class Poller:
         cdef int n, i, fd
         cdef unsigned int ev
         cdef _FdWatch w
+        cdef Copy c
+        cdef unsigned long long before
         if self._finished:
             timeout_ms = 0
         with nogil:
@@ -325,7 +346,15 @@ cdef class Poller:
             if obj is None:
                 continue
             if isinstance(obj, Copy):
-                (<Copy>obj)._pump()
+                c = <Copy>obj
+                before = c.copied
+                c._pump()
+                if ev & (EPOLLHUP | EPOLLERR) and not c.done \
+                        and c.copied == before and c.watched == fd:
+                    # Hung up and no progress, yet waiting on the same fd:
+                    # level-triggered HUP would wake us forever (a pty
+                    # master with no slave open takes no more input).
+                    c._finish(EIO)
                 continue
             w = <_FdWatch>obj
             if w.reader is not None and ev & (EPOLLIN | EPOLLHUP | EPOLLERR):

@@ -87,6 +87,7 @@ class ProcessIO:
         self.tty_src = -1        # stdin FIFO read end (terminal)
         self.tty_copy = None     # running master -> tty_out copy
         self._tty_timer = None
+        self._stdin_timer = None
         self._tty_delay = TTY_REARM_MIN
         self._hangup = False     # stdin ended: close the master after draining
 
@@ -297,9 +298,15 @@ class ProcessIO:
             raise TTRPCError(UNKNOWN, "no pty master received from runc")
         if self.tty_src >= 0:
             self.master_in = self._own(os.dup(self.master))
-            src = self.tty_src
-            self.active.append(self.loop.add_copy(src, self.master_in, self._tty_stdin_done))
+            self._arm_tty_stdin()
         self._arm_tty()
+
+    def _arm_tty_stdin(self):
+        self._stdin_timer = None
+        if self.tty_src < 0 or self.master_in < 0 or self.closed:
+            return
+        self.active.append(self.loop.add_copy(self.tty_src, self.master_in,
+                                              self._tty_stdin_done))
 
     def _arm_tty(self):
         self._tty_timer = None
@@ -330,12 +337,18 @@ class ProcessIO:
         self._output_finished()
 
     def _tty_stdin_done(self, err):
+        if self.closed or self.master_in < 0:
+            return
+        if err != 0:
+            if err == _EIO and not self.exited and not self._hangup:
+                # No slave open (input now would be lost on a terminal too):
+                # keep the client's stdin open and forward again later.
+                self._stdin_timer = self.loop.call_later(TTY_REARM_MAX, self._arm_tty_stdin)
+            return
         src, self.tty_src = self.tty_src, -1
         self._forget(src)
         mi, self.master_in = self.master_in, -1
         self._forget(mi)
-        if err != 0:
-            return                  # EIO: no slave to write to; keep output going
         # stdin EOF (client closed and CloseIO): Go closes the console. Copy
         # what output is there first, then close the master.
         self._hangup = True
@@ -348,9 +361,10 @@ class ProcessIO:
             self._close_master()
 
     def _close_master(self):
-        if self._tty_timer is not None:
-            self._tty_timer.cancel()
-            self._tty_timer = None
+        for t in (self._tty_timer, self._stdin_timer):
+            if t is not None:
+                t.cancel()
+        self._tty_timer = self._stdin_timer = None
         if self.tty_copy is not None:
             self.tty_copy.cancel()
             self.tty_copy = None

@@ -309,6 +309,7 @@ class TaskService:
                 await io.receive_console()
             io.start()
             p.status = RUNNING
+            p.spec = None           # runc has it; not needed any more
         except BaseException:
             if pid:
                 if self.by_pid.get(pid) is p:

@@ -104,6 +104,30 @@ class TtyCtr:
         return bytes(self.out), self.proc.returncode
 
 
+def open_writer(path, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def read_until(fd, want, timeout):
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(want) and time.monotonic() < deadline:
+        select.select([fd], [], [], 0.1)
+        try:
+            b = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        buf += b
+    return buf
+
+
 def ctr_tty(containerd, *args, rows=24, cols=80, timeout=120):
     return TtyCtr(containerd, *args, rows=rows, cols=cols).finish(timeout)
 
@@ -214,3 +238,47 @@ def test_tty_exec_detached_background_keeps_working(containerd, sleeper):
                         "sh", "-c", "sleep 30 & echo started; exit 2", timeout=30)
     assert code == 2
     assert out.startswith(b"started\r\n"), out
+
+
+def test_tty_exec_close_io_hangs_up(containerd, sleeper, tmp_path):
+    # Raw Exec with a terminal and a stdin FIFO: once the client closed its
+    # writer and CloseIO dropped the shim's, stdin has ended, and like the Go
+    # shim pyshim then closes the console: the tty hangs up (SIGHUP).
+    import json
+    from shim.pb import wkt
+    cid = sleeper
+    fifo_in, fifo_out = str(tmp_path / "in"), str(tmp_path / "out")
+    os.mkfifo(fifo_in)
+    os.mkfifo(fifo_out)
+    out = os.open(fifo_out, os.O_RDONLY | os.O_NONBLOCK)
+    with open(os.path.join(containerd.bundle(cid), "config.json")) as f:
+        proc = json.load(f)["process"]
+    proc["args"] = ["sh", "-c", "echo ready; cat; echo after-eof"]
+    spec = wkt.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+                   value=json.dumps(proc).encode())
+    try:
+        with ttrpc.SyncClient(address_of(containerd, cid), timeout=30) as cl:
+            cl.call(TASK, "Exec", pb.ExecProcessRequest(id=cid, exec_id="cio", terminal=True,
+                                                       spec=spec, stdin=fifo_in,
+                                                       stdout=fifo_out))
+            sid = cl.send_raw_request(TASK, "Wait",
+                                      pb.WaitRequest(id=cid, exec_id="cio").encode())
+            cl.call(TASK, "Start", pb.StartRequest(id=cid, exec_id="cio"), pb.StartResponse)
+            assert read_until(out, b"ready\r\n", 10) == b"ready\r\n"
+            w = open_writer(fifo_in)
+            os.write(w, b"typed\r")
+            os.close(w)
+            # the tty echoes the input, then cat prints it
+            assert read_until(out, b"typed\r\ntyped\r\n", 10) == b"typed\r\ntyped\r\n"
+            time.sleep(0.3)
+            st = cl.call(TASK, "State", pb.StateRequest(id=cid, exec_id="cio"),
+                         pb.StateResponse)
+            assert st.status == 2 and st.terminal
+            cl.call(TASK, "CloseIO", pb.CloseIORequest(id=cid, exec_id="cio", stdin=True))
+            wr = pb.WaitResponse.decode(cl.recv_response(sid).payload)
+            rest = read_until(out, b"\n", 2)
+            cl.call(TASK, "Delete", pb.DeleteRequest(id=cid, exec_id="cio"), pb.DeleteResponse)
+    finally:
+        os.close(out)
+    assert wr.exit_status == 129, (wr.exit_status, rest)     # SIGHUP
+    assert b"after-eof" not in rest

@@ -321,3 +321,21 @@ def test_close_before_start_removes_console_dir(tmp_path, monkeypatch):
 def test_unopened_io_counts_as_copied():
     io = ProcessIO("", "", "")
     assert run(io.wait_copied(0.1)) is True
+
+
+def test_copy_into_pty_master_without_slave_ends_instead_of_spinning():
+    # A master with no slave open takes ~12 KiB, then EAGAIN while epoll
+    # keeps reporting EPOLLOUT|EPOLLHUP: the copy must end (EIO).
+    master, slave = os.openpty()
+    os.close(slave)
+    src_r, src_w = os.pipe()
+    os.set_blocking(src_w, False)
+    os.write(src_w, b"y" * 60000)
+    done = Future()
+    loop.add_copy(src_r, master, done.set_result)
+    t0 = time.process_time()
+    assert run(wait_for(done, 5)) == errno.EIO
+    settle(0.2)
+    assert time.process_time() - t0 < 0.15
+    for fd in (master, src_r, src_w):
+        os.close(fd)
