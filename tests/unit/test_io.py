@@ -339,3 +339,25 @@ def test_copy_into_pty_master_without_slave_ends_instead_of_spinning():
     assert time.process_time() - t0 < 0.15
     for fd in (master, src_r, src_w):
         os.close(fd)
+
+
+def test_eof_with_a_full_destination_does_not_spin():
+    # The writer is gone and the source empty, but dst is full: splice then
+    # says EAGAIN (not 0); the copy must end (EOF) instead of waiting on the
+    # hung-up source, which epoll reports ready forever.
+    src_r, src_w = os.pipe()
+    dst_r, dst_w = os.pipe()
+    os.set_blocking(src_w, False)
+    os.write(src_w, b"x" * 65536)
+    done = Future()
+    c = loop.add_copy(src_r, dst_w, done.set_result)   # dst is full now
+    os.close(src_w)
+    t0 = time.process_time()
+    assert run(wait_for(done, 5)) == 0
+    settle(0.2)
+    assert time.process_time() - t0 < 0.15
+    assert c.copied == 65536
+    os.set_blocking(dst_r, False)
+    assert read_all(dst_r) == b"x" * 65536
+    for fd in (src_r, dst_r, dst_w):
+        os.close(fd)
