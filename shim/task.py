@@ -5,7 +5,7 @@ call is routed by id. Behaviour and errors follow spec task-service.md.
 """
 import os
 
-from shim import jsonlite, mount, runc as runc_mod
+from shim import jsonlite, mount, options, runc as runc_mod
 from shim.io import ProcessIO
 from shim.loop import Future, get_loop, wait_for
 from shim.pb import events as ev
@@ -18,7 +18,6 @@ from shim.ttrpc import (TTRPCError, UNKNOWN, already_exists, failed_precondition
 
 EMPTY = wkt.Empty()
 _pidfd_open = getattr(os, "pidfd_open", None)
-RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
 IO_DRAIN_ON_EXIT = 1.0      # seconds the exit event waits for output to drain
 IO_DRAIN_ON_DELETE = 10.0
 SIGKILL = 9
@@ -41,6 +40,8 @@ class Container:
         self.init = None
         self.execs = {}
         self.io_ids = (0, 0)        # Options.io_uid / io_gid for stdio pipes
+        self.cgroup = None          # shim.cgroups.Cgroup of the init, once known
+        self.oom = None             # OOM watch, from Start to Delete
 
     def process(self, exec_id):
         if not exec_id:
@@ -161,6 +162,8 @@ class TaskService:
                 if e.starting or e.status == RUNNING or (e.status == STOPPED
                                                           and e.pid):
                     await e.exited
+        if p is c.init and c.oom is not None:
+            c.oom.poll()            # an OOM kill is reported before its exit
         self._publish("/tasks/exit", ev.TaskExit(
             container_id=c.id, id=p.id, pid=p.pid, exit_status=p.exit_status,
             exited_at=_ts(p.exited_at)))
@@ -174,7 +177,10 @@ class TaskService:
         if cid in self.containers:
             raise already_exists("container %s" % cid)
         bundle = req.bundle
-        opts = self._runc_options(req.options)
+        try:
+            opts = options.decode(req.options)
+        except options.OptionsError as e:
+            raise invalid_argument(str(e))
         runc = runc_mod.Runc(
             binary=opts.get("binary_name") or "runc",
             root=opts.get("root") or runc_mod.DEFAULT_ROOT,
@@ -216,6 +222,7 @@ class TaskService:
                 await io.receive_console()
             io.start()
             container.init = p
+            container.cgroup = _find_cgroup(pid)
         except BaseException:
             if p is not None:
                 if self.by_pid.get(pid) is p:
@@ -246,18 +253,6 @@ class TaskService:
         self._release_held_exit(p)
         return pb.CreateTaskResponse(pid=pid)
 
-    def _runc_options(self, any_opts):
-        if any_opts is None or not any_opts.type_url:
-            return {}
-        if any_opts.type_url != RUNC_OPTIONS_URL:
-            raise invalid_argument("unsupported runtime options type %s" % any_opts.type_url)
-        from shim.pb import runc as runc_pb
-        o = runc_pb.Options.decode(any_opts.value)
-        return {"no_pivot_root": o.no_pivot_root, "no_new_keyring": o.no_new_keyring,
-                "shim_cgroup": o.shim_cgroup, "io_uid": o.io_uid, "io_gid": o.io_gid,
-                "binary_name": o.binary_name, "root": o.root, "criu_path": o.criu_path,
-                "systemd_cgroup": o.systemd_cgroup}
-
     async def start(self, req, ctx):
         c = self._container(req.id)
         p = c.process(req.exec_id)
@@ -275,9 +270,20 @@ class TaskService:
             if p.status == CREATED:
                 p.status = RUNNING
             self._publish("/tasks/start", ev.TaskStart(container_id=c.id, pid=p.pid))
+            self._watch_oom(c)
         finally:
             self._release_held_exit(p)
         return pb.StartResponse(pid=p.pid)
+
+    def _watch_oom(self, c):
+        if c.cgroup is None or c.oom is not None:
+            return
+        from shim import cgroups
+        try:
+            c.oom = cgroups.watch_oom(c.cgroup, self.loop, lambda: self._publish(
+                "/tasks/oom", ev.TaskOOM(container_id=c.id)))
+        except OSError as e:
+            self.log.warning("cannot watch OOM events of %s: %s" % (c.id, e))
 
     async def _start_exec(self, c, p):
         p.check_start()
@@ -364,6 +370,8 @@ class TaskService:
         else:
             await p.io.wait_copied(IO_DRAIN_ON_DELETE)
         p.io.close()
+        if c.oom is not None:
+            c.oom.close()
         if c.rootfs_mounted:
             try:
                 mount.unmount_all(os.path.join(c.bundle, "rootfs"))
@@ -530,8 +538,10 @@ class TaskService:
         raise TTRPCError(12, "checkpoint is not supported yet: not implemented")
 
     async def stats(self, req, ctx):
-        self._container(req.id)
-        raise TTRPCError(12, "stats are not supported yet: not implemented")
+        c = self._container(req.id)
+        if c.cgroup is None or not c.cgroup.exists():
+            raise not_found("cgroup does not exist")
+        return pb.StatsResponse(stats=c.cgroup.stats())
 
     async def connect(self, req, ctx):
         c = self.containers.get(req.id)
@@ -543,6 +553,15 @@ class TaskService:
             # Reply first, then exit (containerd ignores a closed connection).
             self.loop.call_soon(self.shutdown_cb)
         return EMPTY
+
+
+def _find_cgroup(pid):
+    """The init's cgroup (for Stats and OOM), or None if it cannot be found."""
+    from shim import cgroups
+    try:
+        return cgroups.find(pid)
+    except OSError:
+        return None
 
 
 def _private_pidns(bundle):

@@ -1,0 +1,76 @@
+"""Stats, OOM events and runtime options through ctr, on pyshim and the Go
+shim side by side."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def wait_running(c, cid, timeout=10):
+    deadline = time.monotonic() + timeout
+    while c.tasks().get(cid, (0, ""))[1] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_task_metrics(containerd, ctr_run, cid, runtime):
+    ctr_run("sh", "-c", "sleep 3600 & exec sleep 3600", runtime=runtime, id=cid,
+            detach=True, check=True)
+    wait_running(containerd, cid)
+    m = json.loads(containerd.ctr("task", "metrics", "--format", "json", cid).stdout)
+    assert m["pids"]["current"] == 2
+    assert m["memory"]["usage"]["usage"] > 0
+    assert m["cpu"]["usage"]["total"] > 0
+    table = containerd.ctr("task", "metrics", cid).stdout
+    assert "memory.usage_in_bytes" in table and "pids.current" in table
+
+
+def test_oom_event_before_exit(containerd, image, make_cid, runtime):
+    cid = make_cid()
+    ev = containerd.ctr_popen("events", stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        r = containerd.ctr("run", "--rm", "--runtime", runtime, "--memory-limit",
+                           str(32 << 20), image, cid, "dd", "if=/dev/zero", "of=/dev/null",
+                           "bs=128M", "count=1", check=False, timeout=60)
+        assert r.returncode == 137, r.stderr
+        time.sleep(0.5)
+    finally:
+        ev.send_signal(signal.SIGINT)
+        try:
+            out, _ = ev.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            ev.kill()
+            out, _ = ev.communicate()
+    topics = [line.split()[5] for line in out.splitlines()
+              if cid in line and line.split()[5] in ("/tasks/oom", "/tasks/exit")]
+    assert topics and topics[0] == "/tasks/oom" and "/tasks/exit" in topics, out
+
+
+def test_memory_limit_update_visible_in_cgroup(containerd, ctr_run, cid, runtime):
+    # ctr 1.6 has no `task update`: send Update to the shim as containerd does.
+    from shim import ttrpc
+    from shim.pb import task as pb
+    from shim.pb import wkt
+    ctr_run("sleep", "3600", runtime=runtime, id=cid, detach=True, check=True)
+    wait_running(containerd, cid)
+    path = "/sys/fs/cgroup/memory/%s/%s/memory.limit_in_bytes" % (containerd.namespace, cid)
+    if not os.path.exists(path):
+        pytest.skip("no cgroup v1 memory controller at %s" % path)
+    with open(os.path.join(containerd.bundle(cid), "address")) as f:
+        address = f.read()
+    res = wkt.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+                  value=json.dumps({"memory": {"limit": 48 << 20}}).encode())
+    with ttrpc.SyncClient(address) as cl:
+        cl.call("containerd.task.v2.Task", "Update", pb.UpdateTaskRequest(id=cid, resources=res))
+        with pytest.raises(ttrpc.TTRPCError) as e:
+            cl.call("containerd.task.v2.Task", "Update", pb.UpdateTaskRequest(
+                id=cid, resources=wkt.Any(type_url=res.type_url, value=b"{nope")))
+        assert e.value.code == ttrpc.UNKNOWN
+    with open(path) as f:
+        assert int(f.read()) == 48 << 20
