@@ -112,6 +112,8 @@ class ProcessIO:
         except BaseException:
             self.close()
             raise
+        if not self.terminal:
+            self.pending = sum(1 for c in self.copies if c[2])
         if not self.pending:
             self.copied.set_result(None)
 
@@ -415,8 +417,6 @@ class ProcessIO:
                 _close(fd)
         self.child = [None, None, None]
         for src, dst, is_output in self.copies:
-            if is_output:
-                self.pending += 1
             self.active.append(self.loop.add_copy(
                 src, dst, lambda err, s=src, d=dst, o=is_output: self._copy_done(s, d, o)))
         self.copies = []

@@ -20,6 +20,7 @@ EMPTY = wkt.Empty()
 _pidfd_open = getattr(os, "pidfd_open", None)
 IO_DRAIN_ON_EXIT = 1.0      # seconds the exit event waits for output to drain
 IO_DRAIN_ON_DELETE = 10.0
+IO_DRAIN_ON_EXEC_DELETE = 2.0   # Go 1.6: an exec's child may keep its stdout
 SIGKILL = 9
 
 
@@ -347,7 +348,7 @@ class TaskService:
             p.check_delete()
             del c.execs[p.exec_id]
             if p.io is not None:
-                await p.io.wait_copied(IO_DRAIN_ON_DELETE)
+                await p.io.wait_copied(IO_DRAIN_ON_EXEC_DELETE)
                 p.io.close()
             try:
                 os.unlink(os.path.join(c.bundle, "%s.pid" % p.exec_id))

@@ -395,3 +395,14 @@ def test_exec_on_pyshim_counts_no_leaked_fds(containerd, ctr_run, cid):
     assert nfds() <= before
     containerd.ctr("task", "kill", "-s", "SIGKILL", cid)
     wait_status(containerd, cid, "STOPPED")
+
+
+def test_exec_background_child_holding_stdout_does_not_block(containerd, sleeper):
+    # The exec exits but its child keeps stdout open: ctr still returns
+    # within the shim's bounded drain waits (Go 1.6: 2 s at Delete).
+    t0 = time.monotonic()
+    r = exec_(containerd, sleeper, "sh", "-c", "sleep 30 & echo hi", exec_id="bgout",
+              timeout=30)
+    took = time.monotonic() - t0
+    assert (r.stdout, r.returncode) == ("hi\n", 0), r.stderr
+    assert took < 8, took

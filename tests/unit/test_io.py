@@ -361,3 +361,31 @@ def test_eof_with_a_full_destination_does_not_spin():
     assert read_all(dst_r) == b"x" * 65536
     for fd in (src_r, dst_r, dst_w):
         os.close(fd)
+
+
+def test_wait_copied_waits_for_output_copies(tmp_path):
+    # Output copies are pending from open(): wait_copied() must wait for
+    # the container side to reach EOF, not return at once.
+    paths = [str(tmp_path / n) for n in ("out", "err")]
+    readers = []
+    for p in paths:
+        os.mkfifo(p)
+        readers.append(os.open(p, os.O_RDONLY | os.O_NONBLOCK))
+    io = ProcessIO("", paths[0], paths[1])
+    io.open()
+    assert not io.copied.done()
+    fds = io.runc_fds()
+    w1, w2 = os.dup(fds[1]), os.dup(fds[2])     # "the container"
+    io.start()
+    try:
+        assert run(io.wait_copied(0.2)) is False
+        os.write(w1, b"out")
+        os.close(w1)
+        assert run(io.wait_copied(0.2)) is False
+        os.close(w2)
+        assert run(io.wait_copied(5)) is True
+        assert read_fifo(readers[0], b"out") == b"out"
+    finally:
+        io.close()
+        for fd in readers:
+            os.close(fd)
