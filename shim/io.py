@@ -26,6 +26,7 @@ _EAGAIN = 11
 _EIO = 5
 CONSOLE_TIMEOUT = 30.0       # seconds to wait for runc to send the pty master
 TTY_REARM_MIN = 0.05         # pause before reading a master again after EIO
+TTY_DRAIN_PAUSE = 0.02       # between drain passes of a master after exit
 TTY_REARM_MAX = 1.0
 
 
@@ -87,6 +88,7 @@ class ProcessIO:
         self.tty_src = -1        # stdin FIFO read end (terminal)
         self.tty_copy = None     # running master -> tty_out copy
         self._tty_timer = None
+        self._empty_drains = 0   # drain passes in a row that found nothing
         self._stdin_timer = None
         self._tty_delay = TTY_REARM_MIN
         self._hangup = False     # stdin ended: close the master after draining
@@ -330,6 +332,14 @@ class ProcessIO:
             self._tty_timer = self.loop.call_later(self._tty_delay, self._arm_tty)
             self._tty_delay = min(self._tty_delay * 2, TTY_REARM_MAX)
             return
+        if err in (0, _EIO):
+            # The tty layer hands the slave's last output to the master
+            # asynchronously, after the process is gone: only two drain
+            # passes a short pause apart that both find nothing end it.
+            self._empty_drains = 0 if c is not None and c.copied else self._empty_drains + 1
+            if self._empty_drains < 2:
+                self._tty_timer = self.loop.call_later(TTY_DRAIN_PAUSE, self._arm_tty)
+                return
         self._tty_output_finished()
 
     def _tty_output_finished(self):
