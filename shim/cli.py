@@ -560,6 +560,7 @@ def do_delete(flags):
         mount.unmount_all(os.path.join(bundle, "rootfs"))
     except OSError as e:
         _warn("failed to cleanup rootfs mount: %s" % e)
+    _remove_dead_socket(bundle)
     pid_path = os.path.join(bundle, runc_mod.INIT_PID_FILE)
     try:
         pid = runc_mod.read_pid_file(pid_path)
@@ -571,6 +572,25 @@ def do_delete(flags):
         pid = 0
     _write_all(1, _delete_response(pid, 128 + SIGKILL, time.time()))
     return 0
+
+
+def _remove_dead_socket(bundle):
+    """A shim that was killed leaves its socket file behind; remove it when
+    nothing listens on it any more (a grouped shim still serving others
+    answers the connect and keeps its socket)."""
+    try:
+        with open(os.path.join(bundle, "address")) as f:
+            address = f.read().strip()
+    except OSError:
+        return
+    if not address.startswith("unix://"):
+        return
+    path = address[len("unix://"):]
+    if os.path.exists(path) and not _can_connect(path):
+        try:
+            os.unlink(path)
+        except OSError as e:
+            _warn("failed to remove socket %s: %s" % (path, e))
 
 
 def runc_features(binary, timeout=5.0):
