@@ -19,7 +19,6 @@ VERSION = "0.1.0"
 REVISION = ""
 SOCKET_DIR = "/run/containerd/s"
 GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
-OPTIONS_TYPE = "containerd.runc.v1.Options"
 FEATURES_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
 ACTIONS = ("start", "delete")
 

@@ -14,7 +14,6 @@ except ImportError:          # Python < 3.9
 from shim.loop import Future
 from shim.ttrpc import TTRPCError, UNKNOWN
 
-UNKNOWN_STATUS = 0
 CREATED = 1
 RUNNING = 2
 STOPPED = 3
@@ -56,17 +55,11 @@ class Process:
     def id(self):
         return self.exec_id or self.container.id
 
-    def exited_at_seconds(self):
-        return self.exited_at
-
     def check_start(self):
         if self.starting and self.status == CREATED:
             raise state_error("cannot start a running process")
         if self.status != CREATED:
-            raise state_error("cannot start a %s process" % STATE_NAMES[self._base_status()])
-
-    def _base_status(self):
-        return self.status
+            raise state_error("cannot start a %s process" % STATE_NAMES[self.status])
 
     def check_delete(self):
         if self.starting and self.exec_id:

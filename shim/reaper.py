@@ -53,8 +53,3 @@ class Reaper:
                 fut.set_result(code)
             elif self.on_exit is not None:
                 self.on_exit(pid, code, time.time())
-
-    def reap_now(self):
-        """Collect exits without waiting for the signal (used before
-        shutdown and by tests)."""
-        self._on_sigchld()

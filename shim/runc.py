@@ -557,20 +557,13 @@ def _write_process_file(data):
 
 # ---- blocking use (the short-lived `delete` action) -------------------------
 
-def _exit_code(st):
-    if os.WIFSIGNALED(st):
-        return 128 + os.WTERMSIG(st)
-    if os.WIFEXITED(st):
-        return os.WEXITSTATUS(st)
-    return 255
-
-
 def run_sync(argv, timeout=4.0):
     """Run argv (no loop, no reaper) with stdin /dev/null and stdout+stderr
     captured; SIGKILL it after `timeout` seconds. Returns (status, output);
     status is the exit code, 128+N for a signal, or raises RuncError if it
     could not be started."""
     import time
+    from shim.reaper import exit_code
     null = _devnull(os.O_RDONLY)
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -596,12 +589,12 @@ def run_sync(argv, timeout=4.0):
                 pass
             wpid, st = os.waitpid(pid, os.WNOHANG)
             if wpid == pid:
-                status = _exit_code(st)
+                status = exit_code(st)
                 break
             if time.monotonic() > deadline:
                 os.kill(pid, SIGKILL)
                 _, st = os.waitpid(pid, 0)
-                status = _exit_code(st)
+                status = exit_code(st)
                 break
             time.sleep(0.005)
         while True:

@@ -240,7 +240,7 @@ class ServerConnection:
             self._on_frame(fr)
 
     def _on_frame(self, fr):
-        stream_id, mtype, _flags, data = fr[0], fr[1], fr[2], fr[3]
+        stream_id, mtype, data = fr[0], fr[1], fr[3]
         if mtype != _frame.TYPE_REQUEST:
             return      # responses/data from a client: ignored (ttrpc 1.1)
         if data is None:
