@@ -12,25 +12,12 @@ from shim import ttrpc
 from shim.pb import task as pb
 from shim.pb import wkt
 from support.containerd import PY_RUNTIME
+from support.helpers import address_of, open_writer, read_until, wait_status
 
 pytestmark = pytest.mark.integration
 
 TASK = "containerd.task.v2.Task"
 PROCESS_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
-
-
-def wait_status(c, id, want, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = c.tasks().get(id, (None, None))[1]
-        if st == want or time.monotonic() > deadline:
-            return st
-        time.sleep(0.05)
-
-
-def address_of(c, id):
-    with open(os.path.join(c.bundle(id), "address")) as f:
-        return f.read()
 
 
 @pytest.fixture
@@ -348,31 +335,6 @@ def test_exec_close_io_gives_eof(containerd, sleeper, tmp_path):
     finally:
         os.close(out)
         os.close(err)
-
-
-def open_writer(path, timeout=10):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-def read_until(fd, want, timeout):
-    import select
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while not buf.endswith(want) and time.monotonic() < deadline:
-        select.select([fd], [], [], 0.1)
-        try:
-            b = os.read(fd, 65536)
-        except BlockingIOError:
-            continue
-        buf += b
-    return buf
 
 
 def test_exec_on_pyshim_counts_no_leaked_fds(containerd, ctr_run, cid):

@@ -6,25 +6,16 @@ is broken, not pyshim.
 """
 import hashlib
 import os
-import time
 
 import pytest
 
 from support.containerd import GO_RUNTIME, SHIM_SOCKET_DIR, wait_pids_gone
+from support.helpers import wait_status
 
 pytestmark = pytest.mark.integration
 
 APPLETS = ("sh echo cat sleep true false ls ps head dd sha256sum wc env kill id "
            "printf yes tr mkdir rm grep seq top").split()
-
-
-def wait_status(c, id, want, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = c.tasks().get(id, (None, None))[1]
-        if st == want or time.monotonic() > deadline:
-            return st
-        time.sleep(0.05)
 
 
 def test_run_rm_streams_and_exit_code(ctr_run):

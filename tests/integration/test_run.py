@@ -11,24 +11,10 @@ import pytest
 
 from shim import ttrpc
 from shim.pb import task as pb
-from support.containerd import (GO_RUNTIME, PY_RUNTIME, SHIM_SOCKET_DIR, mounts_under,
-                                pid_alive, wait_pids_gone)
+from support.containerd import PY_RUNTIME, mounts_under, pid_alive, wait_pids_gone
+from support.helpers import address_of, wait_status
 
 pytestmark = pytest.mark.integration
-
-
-def wait_status(c, id, want, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = c.tasks().get(id, (None, None))[1]
-        if st == want or time.monotonic() > deadline:
-            return st
-        time.sleep(0.05)
-
-
-def address_of(c, id):
-    with open(os.path.join(c.bundle(id), "address")) as f:
-        return f.read()
 
 
 def shim_of(c, id):

@@ -20,23 +20,11 @@ import pytest
 from shim import ttrpc
 from shim.pb import task as pb
 
+from support.helpers import address_of, open_writer, read_until, wait_status
+
 pytestmark = pytest.mark.integration
 
 TASK = "containerd.task.v2.Task"
-
-
-def wait_status(c, id, want, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = c.tasks().get(id, (None, None))[1]
-        if st == want or time.monotonic() > deadline:
-            return st
-        time.sleep(0.05)
-
-
-def address_of(c, id):
-    with open(os.path.join(c.bundle(id), "address")) as f:
-        return f.read()
 
 
 class TtyCtr:
@@ -102,30 +90,6 @@ class TtyCtr:
                 self.proc.wait()
             os.close(self.master)
         return bytes(self.out), self.proc.returncode
-
-
-def open_writer(path, timeout=10):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-def read_until(fd, want, timeout):
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while not buf.endswith(want) and time.monotonic() < deadline:
-        select.select([fd], [], [], 0.1)
-        try:
-            b = os.read(fd, 65536)
-        except BlockingIOError:
-            continue
-        buf += b
-    return buf
 
 
 def ctr_tty(containerd, *args, rows=24, cols=80, timeout=120):

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from shim import _native
 from shim.io import ProcessIO
 from shim.loop import Future, get_loop, sleep, wait_for
 from shim.ttrpc import TTRPCError
