@@ -13,8 +13,14 @@ Reading a master returns EIO while no slave is open; the copy then ends with
 EIO and is re-armed after a short pause while the process lives. Once the
 process has exited, the master is drained until it has nothing more (drain
 mode of the native copy) and the output is complete.
+
+binary:// and binary-v2:// loggers (spec io.md §5) are spawned by the shim
+with the read ends of the stdout/stderr pipes as fds 3/4 and the write end
+of a ready pipe as fd 5; the container writes straight into the pipes (no
+copy in the shim). The wait for ready is bounded, unlike Go's.
 """
 import os
+from time import monotonic as _monotonic
 
 from shim import _native
 from shim.loop import Future, get_loop, wait_for
@@ -28,6 +34,9 @@ CONSOLE_TIMEOUT = 30.0       # seconds to wait for runc to send the pty master
 TTY_REARM_MIN = 0.05         # pause before reading a master again after EIO
 TTY_DRAIN_PAUSE = 0.02       # between drain passes of a master after exit
 TTY_REARM_MAX = 1.0
+LOGGER_READY_TIMEOUT = 30.0  # seconds a binary logger has to signal ready
+LOGGER_KILL_DELAY = 12.0     # SIGTERM at close, SIGKILL this much later
+_SIGTERM, _SIGKILL = 15, 9
 
 
 def _close(fd):
@@ -49,6 +58,8 @@ def parse_uri(stdout):
         raise TTRPCError(INVALID_ARGUMENT, "unknown STDIO scheme %s" % stdout)
     scheme, rest = stdout[:i], stdout[i + 3:]
     path = rest.split("?", 1)[0]
+    if scheme in ("binary", "binary-v2", "file") and not rest.startswith("/"):
+        raise TTRPCError(INVALID_ARGUMENT, "%s logger path must be absolute: %s" % (scheme, stdout))
     if scheme == "fifo":
         return "fifo", path
     if scheme == "file":
@@ -58,12 +69,177 @@ def parse_uri(stdout):
     raise TTRPCError(INVALID_ARGUMENT, "unknown STDIO scheme %s" % scheme)
 
 
+def _unquote(s):
+    """%XX and '+' decoding of a URI query part (without importing urllib)."""
+    if "%" not in s and "+" not in s:
+        return s
+    b = s.replace("+", " ").encode()
+    out = bytearray()
+    i = 0
+    while i < len(b):
+        c = b[i]
+        if c == 0x25 and i + 2 < len(b):
+            try:
+                out.append(int(b[i + 1:i + 3], 16))
+                i += 3
+                continue
+            except ValueError:
+                pass
+        out.append(c)
+        i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def logger_argv(uri):
+    """argv of a binary:// logger: the path, then each query pair as
+    'key value' (a key without a value adds only the key), in URI order."""
+    rest = uri.split("://", 1)[1]
+    path, _, query = rest.partition("?")
+    argv = [_unquote(path)]
+    for part in query.split("&") if query else ():
+        if not part:
+            continue
+        k, eq, v = part.partition("=")
+        argv.append(_unquote(k))
+        if eq and v:
+            argv.append(_unquote(v))
+    return argv
+
+
+_live_loggers = set()
+
+
+async def stop_loggers(grace):
+    """The shim is leaving: SIGTERM every logger still running, give them
+    `grace` seconds together to finish, then SIGKILL the rest (Go's shim
+    would leave a logger that ignores SIGTERM behind)."""
+    loggers = list(_live_loggers)
+    for lg in loggers:
+        lg.stop()
+    deadline = _monotonic() + grace
+    for lg in loggers:
+        left = deadline - _monotonic()
+        if left > 0 and not lg.exited.done():
+            try:
+                await wait_for(lg.exited, left)
+            except TimeoutError:
+                pass
+        lg._kill()
+
+
+class Logger:
+    """A running binary:// logger process (spec io.md §5)."""
+
+    def __init__(self, uri, v2, container_id, namespace, reaper, loop):
+        self.uri = uri
+        self.v2 = v2
+        self.loop = loop
+        self.reaper = reaper
+        self.pid = 0
+        self.exited = None          # Future(exit status)
+        self.ready_r = -1
+        self.env = ["CONTAINER_ID=%s" % container_id,
+                    "CONTAINER_NAMESPACE=%s" % namespace]
+        self._kill_timer = None
+
+    def spawn(self, out_r, err_r):
+        argv = logger_argv(self.uri)
+        r, w = os.pipe2(_O_CLOEXEC)
+        try:
+            null = os.open("/dev/null", os.O_RDWR | _O_CLOEXEC)
+            try:
+                self.pid = _native.spawn(argv[0], argv, self.env,
+                                         [null, null, null, out_r, err_r, w],
+                                         search_path=False)
+            finally:
+                os.close(null)
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            raise TTRPCError(UNKNOWN, "failed to start binary logger %s: %s"
+                             % (argv[0], e.strerror or e)) from None
+        os.close(w)
+        self.ready_r = r
+        self.exited = self.reaper.watch(self.pid)
+        _live_loggers.add(self)
+        self.exited.add_done_callback(self._on_exit)
+
+    def _on_exit(self, _fut):
+        _live_loggers.discard(self)
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+            self._kill_timer = None
+
+    async def wait_ready(self, timeout=LOGGER_READY_TIMEOUT):
+        """One byte (binary, binary-v2) or EOF (binary only) on fd 5."""
+        loop = self.loop
+        fut = Future()
+        r = self.ready_r
+        os.set_blocking(r, False)
+
+        def on_ready():
+            try:
+                data = os.read(r, 1)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                data = e
+            loop.remove_reader(r)
+            if not fut.done():
+                fut.set_result(data)
+
+        loop.add_reader(r, on_ready)
+        try:
+            try:
+                data = await wait_for(fut, timeout)
+            except TimeoutError:
+                raise TTRPCError(UNKNOWN, "binary logger %s did not signal ready within %gs"
+                                 % (self.uri.split("?", 1)[0], timeout)) from None
+        finally:
+            try:
+                loop.remove_reader(r)
+            except (OSError, ValueError):
+                pass
+            self.ready_r = -1
+            _close(r)
+        if isinstance(data, OSError):
+            raise TTRPCError(UNKNOWN, "reading the ready pipe of binary logger: %s" % data)
+        if not data and self.v2:
+            raise TTRPCError(UNKNOWN, "binary-v2 logger %s closed its ready pipe without "
+                             "signalling ready" % self.uri.split("?", 1)[0])
+
+    def stop(self):
+        """SIGTERM now, SIGKILL after LOGGER_KILL_DELAY if still running."""
+        if self.ready_r >= 0:
+            _close(self.ready_r)
+            self.ready_r = -1
+        if not self.pid or self.exited is None or self.exited.done():
+            return
+        try:
+            os.kill(self.pid, _SIGTERM)
+        except OSError:
+            return
+        if self._kill_timer is None:
+            self._kill_timer = self.loop.call_later(LOGGER_KILL_DELAY, self._kill)
+
+    def _kill(self):
+        self._kill_timer = None
+        if self.exited is not None and not self.exited.done():
+            try:
+                os.kill(self.pid, _SIGKILL)
+            except OSError:
+                pass
+
+
 class ProcessIO:
     """stdio of one process. Usage: open() before runc, runc_fds() for runc,
     start() after runc returned, wait_copied() at exit, close() at delete."""
 
-    def __init__(self, stdin, stdout, stderr, terminal=False, uid=0, gid=0, loop=None):
+    def __init__(self, stdin, stdout, stderr, terminal=False, uid=0, gid=0, loop=None,
+                 container_id="", namespace="", reaper=None):
         self.loop = loop or get_loop()
+        self.container_id, self.namespace, self.reaper = container_id, namespace, reaper
+        self.logger = None       # binary:// logger
         self.stdin_path, self.stdout_path, self.stderr_path = stdin, stdout, stderr
         self.terminal = terminal
         self.uid, self.gid = uid, gid
@@ -110,7 +286,7 @@ class ProcessIO:
             elif scheme == "file":
                 self._open_file(path)
             else:
-                raise TTRPCError(UNIMPLEMENTED, "%s logging is not supported yet: not implemented" % scheme)
+                self._open_binary(scheme)
         except BaseException:
             self.close()
             raise
@@ -167,6 +343,31 @@ class ProcessIO:
         self._output(1, f)
         self._output(2, self._own(os.dup(f)))
 
+    def _open_binary(self, scheme):
+        out_w, err_w = self._open_logger(scheme)
+        self.child = [self._own(os.open("/dev/null", os.O_RDONLY | _O_CLOEXEC)), out_w, err_w]
+
+    def _open_logger(self, scheme):
+        """Pipes for stdout/stderr whose read ends go to a new logger."""
+        if self.reaper is None:
+            raise TTRPCError(UNIMPLEMENTED, "%s logging needs the shim's reaper" % scheme)
+        self.logger = Logger(self.stdout_path, scheme == "binary-v2", self.container_id,
+                             self.namespace, self.reaper, self.loop)
+        out_r, out_w = self._pipe()
+        err_r, err_w = self._pipe()
+        self._chown(out_w)
+        self._chown(err_w)
+        self.logger.spawn(out_r, err_r)
+        # The logger holds the read ends now; ours would keep them alive.
+        for fd in (out_r, err_r):
+            self._forget(fd)
+        return out_w, err_w
+
+    async def wait_ready(self):
+        """Bounded wait for a binary logger's ready signal (no-op otherwise)."""
+        if self.logger is not None and self.logger.ready_r >= 0:
+            await self.logger.wait_ready()
+
     # ---- terminal ----------------------------------------------------------
     def _open_terminal(self, scheme, path):
         if scheme == "fifo":
@@ -185,7 +386,10 @@ class ProcessIO:
         elif scheme == "":
             self.tty_out = self._own(os.open("/dev/null", os.O_WRONLY | _O_CLOEXEC))
         else:
-            raise TTRPCError(UNIMPLEMENTED, "%s logging is not supported yet: not implemented" % scheme)
+            # The pty output goes to the logger's stdout; its stderr stays empty.
+            out_w, err_w = self._open_logger(scheme)
+            self._forget(err_w)
+            self.tty_out = out_w
         self._open_console_socket()
         self.pending = 1
 
@@ -481,3 +685,5 @@ class ProcessIO:
         self.stdin_keepalive = -1
         self.stdin_pipe_w = -1
         self.tty_src = self.tty_out = -1
+        if self.logger is not None:
+            self.logger.stop()

@@ -3,6 +3,7 @@ import os
 
 from shim import ttrpc
 from shim.events import Publisher
+from shim.io import stop_loggers
 from shim.log import log
 from shim.loop import get_loop, wait_for
 from shim.reaper import Reaper
@@ -10,6 +11,7 @@ from shim.task import TaskService
 
 SIGINT = 2
 SIGTERM = 15
+LOGGER_EXIT_GRACE = 2.0   # seconds loggers get to finish when the shim exits
 TASK_SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
 
 
@@ -54,6 +56,7 @@ def serve(flags, listen_fd):
                 await wait_for(publisher.wait_idle(), 5.0)
             except TimeoutError:
                 log.warning("exiting with %d unsent events" % len(publisher.queue))
+            await stop_loggers(LOGGER_EXIT_GRACE)
             server.close()
             loop.stop()
         loop.spawn(finish())

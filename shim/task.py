@@ -206,8 +206,10 @@ class TaskService:
                 container.rootfs_mounted = True
             runc_mod.write_bundle_options(bundle, opts)
             io = ProcessIO(req.stdin, req.stdout, req.stderr, req.terminal,
-                           *container.io_ids)
+                           *container.io_ids, container_id=cid,
+                           namespace=self.namespace, reaper=self.reaper)
             io.open()
+            await io.wait_ready()
             try:
                 pid = await runc.create(
                     cid, bundle, stdio=None if req.terminal else io.runc_fds(),
@@ -294,11 +296,14 @@ class TaskService:
         if p.exited.done():         # a failed Start before released Wait
             p.exited = Future()
         p.starting = True
-        io = p.io = ProcessIO(p.stdin, p.stdout, p.stderr, p.terminal, *c.io_ids)
+        io = p.io = ProcessIO(p.stdin, p.stdout, p.stderr, p.terminal, *c.io_ids,
+                              container_id=c.id, namespace=self.namespace,
+                              reaper=self.reaper)
         pid = 0
         self._begin_pid_window()
         try:
             io.open()
+            await io.wait_ready()
             try:
                 pid = await c.runc.exec(
                     c.id, c.bundle, p.spec, p.exec_id,
