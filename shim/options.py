@@ -75,6 +75,40 @@ def decode(any_opts):
     raise OptionsError("unsupported runtime options type %s" % url)
 
 
+CHECKPOINT_OPTIONS = "containerd.runc.v1.CheckpointOptions"
+LEGACY_CHECKPOINT = "containerd.linux.runc.CheckpointOptions"
+CHECKPOINT_FIELDS = ("exit", "open_tcp", "external_unix_sockets", "terminal", "file_locks",
+                     "empty_namespaces", "cgroups_mode", "image_path", "work_path")
+
+
+def decode_checkpoint(any_opts):
+    """Checkpoint options Any -> dict with CHECKPOINT_FIELDS. ctr and the Go
+    client send containerd.runc.v1.CheckpointOptions to io.containerd.runc.*
+    runtimes and the legacy containerd.linux.runc.CheckpointOptions (same
+    fields) to every other runtime name, pyshim's included."""
+    if any_opts is None or not any_opts.type_url:
+        return {n: ([] if n == "empty_namespaces" else "" if n in ("cgroups_mode", "image_path",
+                    "work_path") else False) for n in CHECKPOINT_FIELDS}
+    url = any_opts.type_url
+    if url.startswith("type.googleapis.com/"):
+        url = url[len("type.googleapis.com/"):]
+    from shim.pb import DecodeError
+    try:
+        if url == CHECKPOINT_OPTIONS:
+            from shim.pb import runc as runc_pb
+            msg = runc_pb.CheckpointOptions.decode(any_opts.value or b"")
+        elif url == LEGACY_CHECKPOINT:
+            from shim.pb import runctypes
+            msg = runctypes.CheckpointOptions.decode(any_opts.value or b"")
+        else:
+            raise OptionsError("unsupported checkpoint options type %s" % url)
+    except DecodeError as e:
+        raise OptionsError("invalid checkpoint options %s: %s" % (url, e))
+    d = _fields(msg, CHECKPOINT_FIELDS)
+    d["empty_namespaces"] = list(d["empty_namespaces"])
+    return d
+
+
 def from_toml(path, body=b""):
     """The runc options in CRI's runtime options file (TOML)."""
     if not path and not body:

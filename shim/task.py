@@ -43,6 +43,9 @@ class Container:
         self.io_ids = (0, 0)        # Options.io_uid / io_gid for stdio pipes
         self.cgroup = None          # shim.cgroups.Cgroup of the init, once known
         self.oom = None             # OOM watch, from Start to Delete
+        self.criu_work = ""         # Options.criu_work_path or <bundle>/work
+        self.restore_from = None    # (image, parent) of a Create from a checkpoint
+        self.no_pivot = False
 
     def process(self, exec_id):
         if not exec_id:
@@ -191,6 +194,8 @@ class TaskService:
             reaper=self.reaper)
         container = Container(cid, bundle, runc, False, _private_pidns(bundle))
         container.io_ids = (opts.get("io_uid", 0), opts.get("io_gid", 0))
+        container.criu_work = opts.get("criu_work_path") or os.path.join(bundle, "work")
+        container.no_pivot = bool(opts.get("no_pivot_root"))
         # Reserve the id before the first await: a concurrent duplicate
         # Create must not touch this container's mounts.
         self.containers[cid] = container
@@ -210,24 +215,24 @@ class TaskService:
                            namespace=self.namespace, reaper=self.reaper)
             io.open()
             await io.wait_ready()
-            try:
-                pid = await runc.create(
-                    cid, bundle, stdio=None if req.terminal else io.runc_fds(),
-                    console_socket=io.console_path,
-                    no_pivot=bool(opts.get("no_pivot_root")),
-                    no_new_keyring=bool(opts.get("no_new_keyring")))
-            except runc_mod.RuncError as e:
-                raise runc_mod.runc_error("OCI runtime create failed", e)
-            p = Process(container, "", req.stdin, req.stdout, req.stderr, req.terminal, io)
-            p.starting = True       # hold an exit until /tasks/create is out
-            self._register_pid(p, pid)
-            if req.terminal:
-                await io.receive_console()
-            io.start()
-            container.init = p
-            container.cgroup = _find_cgroup(pid)
+            if req.checkpoint:
+                # Restored at Start (runc restore); nothing runs until then.
+                container.restore_from = (req.checkpoint, req.parent_checkpoint)
+                p = Process(container, "", req.stdin, req.stdout, req.stderr, req.terminal, io)
+                container.init = p
+                pid = 0
+            else:
+                pid = await self._runc_create(container, req, io, opts)
+                p = Process(container, "", req.stdin, req.stdout, req.stderr, req.terminal, io)
+                p.starting = True       # hold an exit until /tasks/create is out
+                self._register_pid(p, pid)
+                if req.terminal:
+                    await io.receive_console()
+                io.start()
+                container.init = p
+                container.cgroup = _find_cgroup(pid)
         except BaseException:
-            if p is not None:
+            if p is not None and pid:
                 if self.by_pid.get(pid) is p:
                     del self.by_pid[pid]
                 if not p.held_exit:
@@ -256,6 +261,15 @@ class TaskService:
         self._release_held_exit(p)
         return pb.CreateTaskResponse(pid=pid)
 
+    async def _runc_create(self, c, req, io, opts):
+        try:
+            return await c.runc.create(
+                c.id, c.bundle, stdio=None if req.terminal else io.runc_fds(),
+                console_socket=io.console_path, no_pivot=c.no_pivot,
+                no_new_keyring=bool(opts.get("no_new_keyring")))
+        except runc_mod.RuncError as e:
+            raise runc_mod.runc_error("OCI runtime create failed", e)
+
     async def start(self, req, ctx):
         c = self._container(req.id)
         p = c.process(req.exec_id)
@@ -264,6 +278,8 @@ class TaskService:
         if p.status == PAUSED:
             raise state_error("cannot start a paused process")
         p.check_start()
+        if c.restore_from is not None:
+            return await self._start_restore(c, p)
         p.starting = True
         try:
             try:
@@ -277,6 +293,44 @@ class TaskService:
         finally:
             self._release_held_exit(p)
         return pb.StartResponse(pid=p.pid)
+
+    async def _start_restore(self, c, p):
+        """Start of a container created from a checkpoint: runc restore
+        (spec runc.md), then it is running like any other."""
+        image, parent = c.restore_from
+        io = p.io
+        p.starting = True
+        pid = 0
+        self._begin_pid_window()
+        try:
+            try:
+                pid = await c.runc.restore(
+                    c.id, c.bundle, image, work_path=c.criu_work, parent_path=parent,
+                    stdio=None if p.terminal else io.runc_fds(),
+                    console_socket=io.console_path, no_pivot=c.no_pivot)
+            except runc_mod.RuncError as e:
+                raise runc_mod.runc_error("OCI runtime restore failed", e)
+            self._register_pid(p, pid)
+            if p.terminal:
+                await io.receive_console()
+            io.start()
+            c.restore_from = None
+            c.cgroup = _find_cgroup(pid)
+            if p.status == CREATED:
+                p.status = RUNNING
+            self._publish("/tasks/start", ev.TaskStart(container_id=c.id, pid=pid))
+            self._watch_oom(c)
+        except BaseException:
+            if pid and self.by_pid.get(pid) is p and p.held_exit is None:
+                try:
+                    await c.runc.kill(c.id, c.bundle, SIGKILL, all=True)
+                except Exception as e:
+                    self.log.warning("kill after failed restore: %s" % e)
+            raise
+        finally:
+            self._end_pid_window()
+            self._release_held_exit(p)
+        return pb.StartResponse(pid=pid)
 
     def _watch_oom(self, c):
         if c.cgroup is None or c.oom is not None:
@@ -366,8 +420,17 @@ class TaskService:
         try:
             await c.runc.delete(c.id, c.bundle)
         except runc_mod.RuncError as e:
-            raise runc_mod.runc_error("failed to delete task", e)
-        if was_created:
+            # As in Go: runc no longer knows a container that was checkpointed
+            # with exit, or one created from a checkpoint and never started.
+            if "does not exist" not in str(e):
+                raise runc_mod.runc_error("failed to delete task", e)
+        if c.restore_from is not None:
+            c.restore_from = None
+            if not p.exited.done():
+                p.record_exit(0, None)
+                p.exited_at = None
+                p.exited.set_result(None)
+        elif was_created:
             # runc killed its waiting init: give the reaper a moment.
             try:
                 await wait_for(p.exited, 2.0)
@@ -525,6 +588,8 @@ class TaskService:
             raise state_error("cannot exec in a paused state")
         if init.status == STOPPED:
             raise state_error("cannot exec in a stopped state")
+        if c.restore_from is not None:
+            raise state_error("cannot exec in a created state")
         value = req.spec.value if req.spec is not None else b""
         try:
             spec = jsonlite.loads(value)
@@ -540,8 +605,35 @@ class TaskService:
         return EMPTY
 
     async def checkpoint(self, req, ctx):
-        self._container(req.id)
-        raise TTRPCError(12, "checkpoint is not supported yet: not implemented")
+        """runc checkpoint of the init (spec task-service.md Checkpoint)."""
+        c = self._container(req.id)
+        p = c.init
+        if p.status == CREATED:
+            raise state_error("cannot checkpoint a task in created state")
+        if p.status == STOPPED:
+            raise state_error("cannot checkpoint a stopped container")
+        try:
+            o = options.decode_checkpoint(req.options)
+        except options.OptionsError as e:
+            raise invalid_argument(str(e))
+        work = o["work_path"]
+        if not work:
+            work = os.path.join(c.criu_work, "criu-work")   # removed afterwards
+        try:
+            await c.runc.checkpoint(
+                c.id, c.bundle, req.path, work_path=work, leave_running=not o["exit"],
+                tcp_established=o["open_tcp"], ext_unix_sk=o["external_unix_sockets"],
+                shell_job=o["terminal"], file_locks=o["file_locks"],
+                empty_ns=o["empty_namespaces"])
+        except runc_mod.RuncError as e:
+            raise runc_mod.checkpoint_error(e, c.bundle, work)
+        finally:
+            if not o["work_path"]:
+                _remove_tree(work)
+        # The Go runc shim never sends it; containerd's shim README says it should.
+        self._publish("/tasks/checkpointed", ev.TaskCheckpointed(
+            container_id=c.id, checkpoint=req.path))
+        return EMPTY
 
     async def stats(self, req, ctx):
         c = self._container(req.id)
@@ -559,6 +651,29 @@ class TaskService:
             # Reply first, then exit (containerd ignores a closed connection).
             self.loop.call_soon(self.shutdown_cb)
         return EMPTY
+
+
+def _remove_tree(path):
+    """rm -rf without importing shutil (serve-process imports cost RSS)."""
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            try:
+                os.unlink(os.path.join(root, name))
+            except OSError:
+                pass
+        for name in dirs:
+            d = os.path.join(root, name)
+            try:
+                if os.path.islink(d):
+                    os.unlink(d)
+                else:
+                    os.rmdir(d)
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _find_cgroup(pid):
