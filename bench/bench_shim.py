@@ -344,7 +344,78 @@ def test_stdout_shim_copy_to_file(benchmark, replay, file_samples, true_samples,
 
 
 # ===================================================================== 6
-@pytest.mark.skip(reason="exec is not implemented in pyshim yet")
+# exec latency on the idle `sleep` containers: `ctr task exec ... true` as a
+# user sees it, and the shim's own part (Exec+Start+Wait+Delete over one
+# ttrpc connection, null IO), interleaved go/py.
+EXEC_PAIRS = 20         # ctr task exec runs per runtime
+RAW_EXEC_PAIRS = 50     # raw ttrpc exec rounds per runtime
+
+
+@pytest.fixture(scope="session")
+def exec_samples(containerd, sleepers):
+    def run(key, rt, i):
+        cid = sleepers[key]["cid"]
+        t0 = time.perf_counter()
+        r = containerd.ctr("task", "exec", "--exec-id", "b%d" % i, cid, "true",
+                           check=False, timeout=RUN_TIMEOUT)
+        dt = time.perf_counter() - t0
+        if r.returncode != 0:
+            pytest.fail("%s: ctr task exec true exit %d: %s" % (rt, r.returncode, r.stderr),
+                        pytrace=False)
+        return dt
+    _interleaved(1, lambda k, rt, i: run(k, rt, 10000 + i))  # warm up
+    return _interleaved(EXEC_PAIRS, run)
+
+
 @pytest.mark.parametrize("rt", IDS)
-def test_exec_latency(benchmark, rt):
-    """Placeholder: median `ctr task exec` latency on a sleep container."""
+def test_exec_latency(benchmark, replay, exec_samples, bench_results, rt):
+    s = exec_samples[rt]
+    bench_results.define("6", "6", "ctr task exec CID true, median ms (%d runs)" % len(s), "%.0f")
+    bench_results.put("6", rt, _med(s) * 1e3)
+    replay(benchmark, "6 ctr task exec true (interleaved)", s)
+
+
+@pytest.fixture(scope="session")
+def raw_exec_samples(containerd, sleepers):
+    import json
+    from shim import ttrpc
+    from shim.pb import task as pbtask
+    from shim.pb import wkt
+    task = "containerd.task.v2.Task"
+    clients, specs = {}, {}
+    try:
+        for k in IDS:
+            with open(os.path.join(containerd.bundle(sleepers[k]["cid"]), "config.json")) as f:
+                proc = json.load(f)["process"]
+            proc["args"] = ["true"]
+            specs[k] = wkt.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+                               value=json.dumps(proc).encode())
+            clients[k] = ttrpc.SyncClient(sleepers[k]["address"], timeout=60)
+
+        def run(key, rt, i):
+            cl, cid, eid = clients[key], sleepers[key]["cid"], "r%d" % i
+            t0 = time.perf_counter()
+            cl.call(task, "Exec", pbtask.ExecProcessRequest(id=cid, exec_id=eid, spec=specs[key]))
+            sid = cl.send_raw_request(task, "Wait",
+                                      pbtask.WaitRequest(id=cid, exec_id=eid).encode())
+            cl.call(task, "Start", pbtask.StartRequest(id=cid, exec_id=eid), pbtask.StartResponse)
+            w = pbtask.WaitResponse.decode(cl.recv_response(sid).payload)
+            cl.call(task, "Delete", pbtask.DeleteRequest(id=cid, exec_id=eid),
+                    pbtask.DeleteResponse)
+            dt = time.perf_counter() - t0
+            assert w.exit_status == 0, (rt, w)
+            return dt
+        _interleaved(2, lambda k, rt, i: run(k, rt, 10000 + i))  # warm up
+        return _interleaved(RAW_EXEC_PAIRS, run)
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+@pytest.mark.parametrize("rt", IDS)
+def test_exec_latency_shim_only(benchmark, replay, raw_exec_samples, bench_results, rt):
+    s = raw_exec_samples[rt]
+    bench_results.define("6s", "6'", "exec round in the shim (Exec+Start+Wait+Delete over "
+                         "ttrpc, null IO), median ms (%d runs)" % len(s), "%.1f")
+    bench_results.put("6s", rt, _med(s) * 1e3)
+    replay(benchmark, "6' exec round over ttrpc, null IO (interleaved)", s)
