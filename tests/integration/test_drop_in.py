@@ -61,3 +61,26 @@ def test_stock_runtime_names_run_pyshim(dropin, runtime, args):
               "sh", "-c", "echo out; echo err >&2; exit 5", check=False)
     assert (r.stdout, r.stderr, r.returncode) == ("out\n", "err\n", 5)
     assert not shim_processes(namespace=c.namespace)
+
+
+def test_crun_through_binary_name(dropin, containerd, image, make_cid):
+    """Options.BinaryName = crun: pyshim runs crun. On this hybrid cgroup
+    host crun refuses every container ("cgroups in hybrid mode not
+    supported"), under the Go shim as well: then both must fail alike; where
+    crun works, the output must come through."""
+    import shutil
+    if shutil.which("crun") is None:
+        pytest.skip("crun not installed (apt-get install crun)")
+    py = dropin.ctr("run", "--rm", "--runc-binary", "crun", dropin.image, "crun-py",
+                    "sh", "-c", "echo via-crun", check=False)
+    go = containerd.ctr("run", "--rm", "--runtime", "io.containerd.runc.v2",
+                        "--runc-binary", "crun", image, make_cid(),
+                        "sh", "-c", "echo via-crun", check=False)
+    if go.returncode == 0:
+        assert (py.returncode, py.stdout) == (0, "via-crun\n"), py.stderr
+    else:
+        assert py.returncode != 0
+        assert "OCI runtime create failed: " in py.stderr
+        want = go.stderr.split("OCI runtime create failed: ", 1)[1].strip()
+        assert want in py.stderr, (py.stderr, go.stderr)
+    dropin.ctr("container", "rm", "crun-py", check=False)
