@@ -232,6 +232,39 @@ def _is_options_url(url):
     return url.rpartition("/")[2] in TYPES
 
 
+def bootstrap_params(data, flags):
+    """The BootstrapParams of containerd 2.3+ on start's stdin, or None when
+    stdin is something else (an Any, or nothing). Accepted only when its
+    instance_id and namespace are -id and -namespace (spec shim-binary.md §3)."""
+    if not data:
+        return None
+    from shim.pb import DecodeError
+    try:
+        from shim.pb import bootstrap
+        bp = bootstrap.BootstrapParams.decode(data)
+    except (DecodeError, ImportError):
+        return None
+    if flags.id and bp.instance_id == flags.id and bp.namespace == flags.namespace:
+        return bp
+    return None
+
+
+# BootstrapParams.log_level values at or below this mean debug logging.
+_LOG_LEVEL_DEBUG = -4
+# Task API version announced to containerd 2.3+ (both v2 and v3 are served).
+TASK_API_VERSION = 3
+
+
+def start_reply(address, bp):
+    """What `start` prints: the plain address for containerd 1.6-2.2, a
+    BootstrapResult protobuf when containerd sent BootstrapParams (2.3+)."""
+    if bp is None:
+        return address.encode()
+    from shim.pb import bootstrap
+    return bootstrap.BootstrapResult(version=TASK_API_VERSION, address=address,
+                                     protocol="ttrpc").encode()
+
+
 def decode_start_input(data, flags):
     """stdin of `start`: a serialized Any (runc Options) or, from containerd
     2.3, a BootstrapParams. Returns (options Any or None, socket_dir or None).
@@ -240,13 +273,8 @@ def decode_start_input(data, flags):
     if not data:
         return None, None
     from shim.pb import DecodeError, wkt
-    try:
-        from shim.pb import bootstrap
-        bp = bootstrap.BootstrapParams.decode(data)
-    except (DecodeError, ImportError):
-        bp = None
-    if bp is not None and flags.id and bp.instance_id == flags.id \
-            and bp.namespace == flags.namespace:
+    bp = bootstrap_params(data, flags)
+    if bp is not None:
         opts = None
         for ext in bp.extensions or ():
             if ext.value is not None and _is_options_url(ext.value.type_url):
@@ -437,6 +465,7 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
     if stdin_data is None:
         stdin_data = _read_all_stdin()
     opts_any, bs_dir = decode_start_input(stdin_data, flags)
+    bp = bootstrap_params(stdin_data, flags)
     opts = _runc_options(opts_any)
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
@@ -452,7 +481,7 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
     if sock is None:
         # A live shim already serves this group.
         write_address(bundle, address)
-        _write_all(1, address.encode())
+        _write_all(1, start_reply(address, bp))
         return 0
     pid = 0
     try:
@@ -460,9 +489,12 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
         exe, argv = _self_argv(self_path)
         argv = argv + ["-namespace", flags.namespace, "-id", flags.id,
                        "-address", flags.address]
-        if flags.debug:
+        if flags.debug or (bp is not None and bp.log_level <= _LOG_LEVEL_DEBUG):
             argv.append("-debug")
-        env = ["%s=%s" % kv for kv in os.environ.items()]
+        environ = dict(os.environ)
+        if bp is not None and bp.containerd_ttrpc_address and not environ.get("TTRPC_ADDRESS"):
+            environ["TTRPC_ADDRESS"] = bp.containerd_ttrpc_address
+        env = ["%s=%s" % kv for kv in environ.items()]
         null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         try:
             # TODO: SCHED_CORE (prctl PR_SCHED_CORE_CREATE) before spawning.
@@ -487,7 +519,7 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
         sock.close()
         raise
     sock.close()
-    _write_all(1, address.encode())
+    _write_all(1, start_reply(address, bp))
     return 0
 
 

@@ -23,6 +23,7 @@ from shim.pb import task, types
 from shim.reaper import Reaper
 from shim.runc import Runc, RuncError
 from shim.ttrpc import NOT_FOUND
+from support.bundle import busybox_rootfs, write_bundle
 from support.containerd import find_pyshim_binary, proc_argv
 
 loop = get_loop()
@@ -67,29 +68,7 @@ def workdir():
 @pytest.fixture(scope="module")
 def rootfs(workdir):
     """A busybox rootfs shared (read-only) by the test bundles."""
-    r = os.path.join(workdir, "rootfs")
-    os.makedirs(os.path.join(r, "bin"))
-    shutil.copy2("/bin/busybox", os.path.join(r, "bin", "busybox"))
-    for name in ("sh", "echo", "sleep", "true", "cat", "ls"):
-        os.symlink("busybox", os.path.join(r, "bin", name))
-    for d in ("proc", "dev", "sys", "tmp"):
-        os.makedirs(os.path.join(r, d), exist_ok=True)
-    return r
-
-
-_spec_cache = []
-
-
-def _base_spec():
-    if not _spec_cache:
-        d = tempfile.mkdtemp(prefix="spec-", dir="/run")
-        try:
-            subprocess.run(["runc", "spec"], cwd=d, check=True, timeout=30)
-            with open(os.path.join(d, "config.json")) as f:
-                _spec_cache.append(json.load(f))
-        finally:
-            shutil.rmtree(d)
-    return json.loads(json.dumps(_spec_cache[0]))
+    return busybox_rootfs(os.path.join(workdir, "rootfs"))
 
 
 @pytest.fixture
@@ -101,15 +80,7 @@ def make_bundle(workdir, rootfs):
     def make(args, **process):
         cid = "drv-%s" % uuid.uuid4().hex[:12]
         bundle = os.path.join(workdir, cid)
-        os.makedirs(bundle)
-        spec = _base_spec()
-        spec["process"]["terminal"] = False
-        spec["process"]["args"] = list(args)
-        spec["process"].update(process)
-        spec["root"] = {"path": rootfs, "readonly": True}
-        spec["hostname"] = cid[:20]
-        with open(os.path.join(bundle, "config.json"), "w") as f:
-            json.dump(spec, f)
+        write_bundle(bundle, rootfs, args, **process)
         made.append((cid, bundle))
         return cid, bundle
 

@@ -442,3 +442,18 @@ def test_serve_imports_stay_lean():
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_start_reply_plain_or_bootstrap_result():
+    assert cli.start_reply("unix:///run/containerd/s/ab", None) == b"unix:///run/containerd/s/ab"
+    bp = cli.bootstrap_params(bootstrap.BootstrapParams(instance_id="c1", namespace="n").encode(),
+                              _flags(namespace="n", id="c1"))
+    assert bp is not None
+    r = bootstrap.BootstrapResult.decode(cli.start_reply("unix:///s/x", bp))
+    assert (r.version, r.address, r.protocol) == (3, "unix:///s/x", "ttrpc")
+    # An Any, or params for another id/namespace: not a bootstrap.
+    a = _opts_any(shim_cgroup="/g").encode()
+    assert cli.bootstrap_params(a, _flags(namespace="n", id="c1")) is None
+    assert cli.bootstrap_params(b"", _flags(namespace="n", id="c1")) is None
+    other = bootstrap.BootstrapParams(instance_id="c1", namespace="m").encode()
+    assert cli.bootstrap_params(other, _flags(namespace="n", id="c1")) is None
