@@ -111,6 +111,15 @@ def set_child_subreaper():
         raise OSError(errno, "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
+def sched_core_create():
+    """prctl(PR_SCHED_CORE, PR_SCHED_CORE_CREATE, 0, PIDTYPE_PGID): a new
+    core-scheduling cookie for this process group; children inherit it
+    (containerd's SCHED_CORE=1). OSError (EINVAL on kernels without core
+    scheduling) is the caller's to judge."""
+    if prctl(62, 1, 0, 2, 0) != 0:
+        raise OSError(errno, "prctl(PR_SCHED_CORE_CREATE)")
+
+
 def signalfd_open(signals):
     """Block `signals` process-wide and return a non-blocking signalfd for them."""
     cdef sigset_t mask

@@ -455,6 +455,17 @@ def adjust_oom_score(pid, parent=None):
         raise RuntimeError("set shim OOM score: %s" % e)
 
 
+def _sched_core():
+    """SCHED_CORE set by containerd: a new core-scheduling cookie for the
+    start process's group (containerd starts it as a group leader), which
+    the serve process forked next inherits. As in Go, failure fails start."""
+    from shim import _native
+    try:
+        _native.sched_core_create()
+    except OSError as e:
+        raise RuntimeError("enable sched core support: %s" % (e.strerror or e))
+
+
 # ---- actions ----------------------------------------------------------------
 
 def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
@@ -497,7 +508,8 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
         env = ["%s=%s" % kv for kv in environ.items()]
         null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         try:
-            # TODO: SCHED_CORE (prctl PR_SCHED_CORE_CREATE) before spawning.
+            if os.environ.get("SCHED_CORE"):
+                _sched_core()
             pid = _native.spawn(exe, argv, env, [null, null, null, sock.fileno()],
                                 cwd=bundle, new_session=True, search_path=False)
         finally:

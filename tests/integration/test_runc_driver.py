@@ -425,3 +425,34 @@ def test_binary_version(binary):
     assert r.returncode == 0
     assert r.stdout.startswith(b"containerd-shim-pyshim-v1")
     assert b"io.containerd.pyshim.v1" in r.stdout
+
+
+def test_binary_start_sched_core(binary, workdir):
+    """SCHED_CORE=1 (containerd's sched_core = true): the serve process gets
+    a core-scheduling cookie; where the kernel has no core scheduling (as
+    here: EINVAL), start fails with Go's error and starts nothing."""
+    ns = "pyshim-sc-%d" % os.getpid()
+    cid = "sc-%s" % uuid.uuid4().hex[:8]
+    bundle = os.path.join(workdir, cid)
+    os.makedirs(bundle)
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump({"ociVersion": "1.0.2"}, f)
+    env = dict(os.environ, SCHED_CORE="1")
+    r = subprocess.run([binary, "-namespace", ns, "-address", "/tmp/sc.sock", "-id", cid,
+                        "start"], cwd=bundle, input=b"", capture_output=True, env=env,
+                       timeout=20, preexec_fn=os.setpgrp)
+    pids = _shim_pids(ns)
+    try:
+        if r.returncode == 0:       # pragma: no cover - kernels with core scheduling
+            assert len(pids) == 1
+        else:
+            assert b"enable sched core support: " in r.stderr, r.stderr
+            assert r.stdout == b"" and pids == []
+    finally:
+        for pid in pids:
+            _kill_and_reap(pid)
+        h = hashlib.sha256(("/tmp/sc.sock/%s/%s" % (ns, cid)).encode()).hexdigest()
+        try:
+            os.unlink("/run/containerd/s/" + h)
+        except FileNotFoundError:
+            pass
