@@ -20,6 +20,12 @@ def dropin(tmp_path, pyshim_binary):
     bindir.mkdir()
     for name in ("containerd-shim-runc-v2", "containerd-shim-runc-v1"):
         os.symlink(pyshim_binary, str(bindir / name))
+    # A python3 beside the links that is not pyshim's interpreter (think of
+    # /usr/local/bin/python3 of another install): the launcher must look
+    # for its interpreter next to the real script, not next to the link.
+    decoy = bindir / "python3"
+    decoy.write_text("#!/bin/sh\necho wrong python >&2\nexit 99\n")
+    decoy.chmod(0o755)
     c = Containerd(extra_path=[str(bindir)])
     try:
         c.start()
