@@ -120,6 +120,26 @@ def sched_core_create():
         raise OSError(errno, "prctl(PR_SCHED_CORE_CREATE)")
 
 
+def set_cmdline(args):
+    """Rewrite what /proc/self/cmdline shows (ps, tools that look for the
+    serving shim by its argv) in place, in the original argv area, as
+    setproctitle does. The new argv (NUL-separated) must fit in the old one;
+    the rest is zeroed. Returns False (nothing changed) if it does not fit."""
+    cdef bytes buf = b"\0".join(_b(a) for a in args) + b"\0"
+    cdef size_t start, end, n = len(buf)
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    # fields[0] is field 3 (state): arg_start/arg_end are fields 48/49.
+    start = int(fields[45])
+    end = int(fields[46])
+    if start == 0 or end <= start or n > end - start:
+        return False
+    memcpy(<void *>start, <const char *>buf, n)
+    memset(<void *>(start + n), 0, end - start - n)
+    return True
+
+
 def signalfd_open(signals):
     """Block `signals` process-wide and return a non-blocking signalfd for them."""
     cdef sigset_t mask

@@ -574,37 +574,36 @@ def run_sync(argv, timeout=4.0):
     finally:
         os.close(null)
         os.close(w)
-    os.set_blocking(r, False)
+    # Read until EOF (runc exited, or its children closed the pipe too),
+    # waiting in poll(2) rather than polling waitpid, then reap.
+    from select import poll, POLLIN
+    p = poll()
+    p.register(r, POLLIN)
     chunks = []
     deadline = time.monotonic() + timeout
     status = None
     try:
         while True:
-            try:
-                b = os.read(r, 65536)
-                if b:
-                    chunks.append(b)
+            left = deadline - time.monotonic()
+            if left <= 0 or not p.poll(int(left * 1000) + 1):
+                if time.monotonic() < deadline:
                     continue
-            except BlockingIOError:
-                pass
-            wpid, st = os.waitpid(pid, os.WNOHANG)
-            if wpid == pid:
-                status = exit_code(st)
-                break
-            if time.monotonic() > deadline:
                 os.kill(pid, SIGKILL)
-                _, st = os.waitpid(pid, 0)
-                status = exit_code(st)
                 break
-            time.sleep(0.005)
-        while True:
-            try:
-                b = os.read(r, 65536)
-            except OSError:
-                break
+            b = os.read(r, 65536)
             if not b:
                 break
             chunks.append(b)
+        # Bounded: a runc that closed its output but lingers is killed.
+        while status is None:
+            wpid, st = os.waitpid(pid, os.WNOHANG)
+            if wpid == pid:
+                status = exit_code(st)
+            elif time.monotonic() > deadline:
+                os.kill(pid, SIGKILL)
+                status = exit_code(os.waitpid(pid, 0)[1])
+            else:
+                time.sleep(0.001)
     finally:
         os.close(r)
     return status, b"".join(chunks)
