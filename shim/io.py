@@ -518,7 +518,7 @@ class ProcessIO:
 
     def _arm_tty(self):
         self._tty_timer = None
-        if self.master < 0 or self.tty_copy is not None:
+        if self.master < 0 or self.tty_out < 0 or self.tty_copy is not None:
             return
         c = self.tty_copy = self.loop.add_copy(self.master, self.tty_out, self._tty_done)
         if self.exited or self._hangup:
@@ -550,6 +550,10 @@ class ProcessIO:
         if self._hangup:
             # Like Go: stdin ended, the console goes away (the tty hangs up).
             self._close_master()
+        # Like Go: the console copy ended, so the client's reader sees EOF
+        # now (CRI's exec stream waits for it), not at Delete.
+        out, self.tty_out = self.tty_out, -1
+        self._forget(out)
         self._output_finished()
 
     def _tty_stdin_done(self, err):

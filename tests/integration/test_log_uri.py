@@ -96,7 +96,10 @@ def read(path):
 
 def test_file_uri_gets_both_streams(ctr_run, runtime, tmp_path):
     log = tmp_path / "sub" / "dir" / "c.log"
-    r = ctr_run("sh", "-c", "echo one; echo two >&2; seq 1 5000; echo three >&2",
+    # The shim copies the two streams independently, so they interleave at
+    # any byte: pauses keep each stream's burst whole.
+    r = ctr_run("sh", "-c", "echo one; sleep 0.2; echo two >&2; sleep 0.2; seq 1 5000; "
+                "sleep 0.2; echo three >&2",
                 runtime=runtime, args=["--log-uri", "file://%s" % log])
     assert r.returncode == 0, r.stderr
     # The Go shim publishes the exit without waiting for its copy to drain:
