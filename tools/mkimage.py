@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build a small busybox OCI image, offline, as an OCI image-layout tarball.
 
-    tools/mkimage.py OUT.tar [--name NAME] [--busybox PATH]
+    tools/mkimage.py OUT.tar [--name NAME] [--busybox PATH] [--pause]
 
 The rootfs is made from a static busybox (Debian: busybox-static):
 /bin/busybox plus a symlink for every applet it reports, /etc/passwd and
@@ -20,6 +20,11 @@ index.json both as `io.containerd.image.name` (the full reference ctr uses
 as-is) and as `org.opencontainers.image.ref.name` (the tag, as the OCI spec
 wants it; `ctr image import --base-name REPO` keys on this one).
 
+--pause builds the pause (sandbox) variant for containerd's CRI plugin
+instead: the same rootfs, but an entrypoint that keeps running until it gets
+SIGTERM or SIGINT (it exits 0 at once; SIGKILL works too) and no Cmd. Its
+default NAME is docker.io/library/pyshim-pause:latest.
+
 stdlib only.
 """
 import argparse
@@ -34,6 +39,11 @@ import sys
 import tarfile
 
 DEFAULT_NAME = "docker.io/library/pyshim-busybox:latest"
+PAUSE_NAME = "docker.io/library/pyshim-pause:latest"
+# The pause variant's entrypoint. As PID 1 of its PID namespace a process gets
+# no default signal action, so a plain `sleep` would ignore SIGTERM: the shell
+# traps it, and `wait` returns as soon as a trapped signal arrives.
+PAUSE_ENTRYPOINT = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; sleep 2147483647 & wait"]
 MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed, so output is reproducible
 CREATED = "2000-01-01T00:00:00Z"
 
@@ -136,7 +146,11 @@ def _sha(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def build(out, name=DEFAULT_NAME, busybox=None):
+def build(out, name=None, busybox=None, pause=False):
+    """Write the image tarball `out`; returns its name. pause=True: the pause
+    variant (PAUSE_ENTRYPOINT, no Cmd)."""
+    if name is None:
+        name = PAUSE_NAME if pause else DEFAULT_NAME
     busybox = busybox or find_busybox()
     layer = make_layer(busybox)
     layer_gz = gzip_bytes(layer)
@@ -153,6 +167,10 @@ def build(out, name=DEFAULT_NAME, busybox=None):
         "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]},
         "history": [{"created": CREATED, "created_by": "tools/mkimage.py (busybox)"}],
     }
+    if pause:
+        del config["config"]["Cmd"]
+        config["config"]["Entrypoint"] = list(PAUSE_ENTRYPOINT)
+        config["history"][0]["created_by"] = "tools/mkimage.py --pause (busybox)"
     config_b = _json(config)
     manifest = {
         "schemaVersion": 2,
@@ -200,11 +218,14 @@ def build(out, name=DEFAULT_NAME, busybox=None):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="output tarball (OCI image layout)")
-    ap.add_argument("--name", default=DEFAULT_NAME,
-                    help="image reference stored in index.json (default %(default)s)")
+    ap.add_argument("--name", default=None,
+                    help="image reference stored in index.json (default %s, or %s with --pause)"
+                    % (DEFAULT_NAME, PAUSE_NAME))
     ap.add_argument("--busybox", default=None, help="static busybox binary (default /bin/busybox)")
+    ap.add_argument("--pause", action="store_true",
+                    help="build the pause (sandbox) image for containerd's CRI plugin")
     args = ap.parse_args(argv)
-    print(build(args.out, args.name, args.busybox))
+    print(build(args.out, args.name, args.busybox, args.pause))
     return 0
 
 

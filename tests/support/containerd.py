@@ -19,9 +19,30 @@ name is a hash of address+namespace+id, so they cannot collide with another
 containerd). runc state of the shims is in /run/containerd/runc/<namespace>.
 The namespace is unique per Containerd object (pyshim-<pid>-<n>).
 
-stdlib only; needs root.
+CRI mode (`Containerd(cri=True)`, needs grpcio for the CRI client): the
+`io.containerd.grpc.v1.cri` plugin is enabled with
+
+    runtime handler "pyshim"  runtime_type io.containerd.pyshim.v1, options
+                              ConfigPath = <dir>/pyshim-options.toml (runc
+                              options: BinaryName, Root, SystemdCgroup = false,
+                              plus `runtime_config`)
+    runtime handler "runc"    io.containerd.runc.v2 (the Go shim), the same
+                              runc options inline, for comparisons
+    sandbox_image             the offline pause image (PAUSE_REF)
+    stream server             127.0.0.1, a free port
+    CNI                       an empty private dir (pods use host network)
+
+runc state of both handlers is private (Root = <dir>/runc, so runc's root is
+<dir>/runc/k8s.io), pod cgroups go under /<c.cri_cgroup_root>/ (use
+c.cgroup_parent(name) as a pod's cgroup_parent). start() waits until CRI
+answers, c.cri is a support.cri.CRIClient, c.import_cri_images() imports the
+busybox and pause images into "k8s.io". cleanup() also stops and removes every
+pod through CRI, then checks the "k8s.io" namespace like any other.
+
+stdlib only (CRI mode: plus grpcio, imported lazily); needs root.
 """
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -36,6 +57,10 @@ PY_RUNTIME = "io.containerd.pyshim.v1"
 PY_SHIM_BINARY = "containerd-shim-pyshim-v1"
 SHIM_SOCKET_DIR = "/run/containerd/s"
 RUNC_ROOT_BASE = "/run/containerd/runc"
+
+CRI_NAMESPACE = "k8s.io"          # fixed by containerd's CRI plugin
+CRI_PY_HANDLER = "pyshim"         # runtime handlers of CRI mode
+CRI_GO_HANDLER = "runc"
 
 _counter = itertools.count()
 
@@ -71,6 +96,46 @@ disabled_plugins = {disabled}
 [metrics]
   address = ""
 """
+
+
+# Appended to CONFIG in CRI mode. Strings are JSON-quoted (valid TOML basic strings).
+CRI_CONFIG = """
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = {sandbox_image}
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_tls_streaming = false
+  enable_selinux = false
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  disable_cgroup = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "{go_handler}"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{go_handler}]
+      runtime_type = {go_runtime}
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{go_handler}.options]
+{go_options}
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{py_handler}]
+      runtime_type = {py_runtime}
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{py_handler}.options]
+        ConfigPath = {py_config}
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = {cni_dir}
+    conf_dir = {cni_dir}
+"""
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    return json.dumps(str(v))
+
+
+def _toml_table(d, indent=""):
+    return "".join("%s%s = %s\n" % (indent, k, _toml_value(v)) for k, v in d.items())
 
 
 class ContainerdError(RuntimeError):
@@ -238,7 +303,10 @@ class Containerd:
     """A private containerd. See the module docstring."""
 
     def __init__(self, namespace=None, debug=None, extra_path=(), binary="containerd",
-                 ctr_binary="ctr"):
+                 ctr_binary="ctr", cri=False, runtime_config=None):
+        """cri=True: CRI mode (module docstring). runtime_config: extra runc
+        options (Go names, e.g. {"NoPivotRoot": True}) for the CRI handlers'
+        options; they override the defaults BinaryName, Root, SystemdCgroup."""
         n = next(_counter)
         self.namespace = namespace or "pyshim-%d-%d" % (os.getpid(), n)
         if debug is None:
@@ -260,11 +328,40 @@ class Containerd:
         self.proc = None
         self._image = None
         self._logf = None
+        self.cri_enabled = bool(cri)
+        self._cri_client = None
+        disabled = list(DISABLED_PLUGINS)
+        extra = ""
+        if self.cri_enabled:
+            disabled.remove("io.containerd.grpc.v1.cri")
+            extra = self._cri_setup(n, runtime_config or {})
         with open(self.config_path, "w") as f:
             f.write(CONFIG.format(root=self.root, state=self.state, address=self.address,
                                   ttrpc=self.ttrpc_address,
-                                  disabled="[%s]" % ", ".join('"%s"' % p for p in DISABLED_PLUGINS),
+                                  disabled="[%s]" % ", ".join('"%s"' % p for p in disabled),
                                   level="debug" if debug else "info"))
+            f.write(extra)
+
+    def _cri_setup(self, n, runtime_config):
+        from .image import PAUSE_REF
+        self.cri_runc_base = os.path.join(self.dir, "runc")
+        self.cni_dir = os.path.join(self.dir, "cni")
+        self.cri_options_path = os.path.join(self.dir, "pyshim-options.toml")
+        self.cri_cgroup_root = "pyshim-cri-%d-%d" % (os.getpid(), n)
+        os.makedirs(self.cni_dir)
+        opts = {"BinaryName": shutil.which("runc") or "runc", "Root": self.cri_runc_base,
+                "SystemdCgroup": False}
+        opts.update(runtime_config)
+        self.cri_runtime_options = opts
+        with open(self.cri_options_path, "w") as f:
+            f.write("# runc options of the CRI runtime handler %r\n" % CRI_PY_HANDLER)
+            f.write(_toml_table(opts))
+        q = json.dumps
+        return CRI_CONFIG.format(
+            sandbox_image=q(PAUSE_REF), go_handler=CRI_GO_HANDLER, py_handler=CRI_PY_HANDLER,
+            go_runtime=q(GO_RUNTIME), py_runtime=q(PY_RUNTIME),
+            go_options=_toml_table(opts, " " * 8).rstrip("\n"),
+            py_config=q(self.cri_options_path), cni_dir=q(self.cni_dir))
 
     # ---- paths -------------------------------------------------------
     @property
@@ -279,6 +376,50 @@ class Containerd:
     def runc_root(self):
         """runc --root used by shims for our namespace (default of both shims)."""
         return os.path.join(RUNC_ROOT_BASE, self.namespace)
+
+    def runc_root_of(self, namespace):
+        """runc --root of the shims of `namespace` (CRI mode: "k8s.io" uses
+        the private root of the CRI handlers)."""
+        if self.cri_enabled and namespace == CRI_NAMESPACE:
+            return os.path.join(self.cri_runc_base, namespace)
+        return os.path.join(RUNC_ROOT_BASE, namespace)
+
+    def cgroup_parent(self, name):
+        """CRI mode: a pod cgroup_parent under our private cgroup root."""
+        return "/%s/%s" % (self.cri_cgroup_root, name)
+
+    @property
+    def cri(self):
+        """CRI mode: the support.cri.CRIClient of this containerd."""
+        if not self.cri_enabled:
+            raise ContainerdError("not a CRI-mode Containerd (Containerd(cri=True))")
+        if self._cri_client is None:
+            from .cri import CRIClient
+            self._cri_client = CRIClient(self.address)
+        return self._cri_client
+
+    def import_cri_images(self):
+        """CRI mode: import the busybox and pause images into "k8s.io" (where
+        the CRI plugin sees them); returns (busybox ref, pause ref)."""
+        from .image import PAUSE_REF, pause_tarball
+        ref = self.import_image(namespace=CRI_NAMESPACE)
+        r = self.ctr("image", "ls", "-q", namespace=CRI_NAMESPACE)
+        if PAUSE_REF not in r.stdout.split():
+            self.ctr("image", "import", pause_tarball(PAUSE_REF), namespace=CRI_NAMESPACE,
+                     timeout=120)
+        # The CRI plugin learns about imported images from events: wait for it.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if all(self.cri.image_status(x) is not None for x in (ref, PAUSE_REF)):
+                    return ref, PAUSE_REF
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                raise ContainerdError("CRI does not see the imported images %s, %s"
+                                      % (ref, PAUSE_REF))
+            time.sleep(0.1)
 
     def bundle(self, id, namespace=None):
         """The task bundle dir <state>/io.containerd.runtime.v2.task/<ns>/<id>."""
@@ -318,13 +459,20 @@ class Containerd:
             if os.path.exists(self.address):
                 r = subprocess.run(self._ctr_argv(None, ["version"]), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, timeout=10)
-                if r.returncode == 0:
+                if r.returncode == 0 and (not self.cri_enabled or self._cri_ready()):
                     return self
             if time.monotonic() > deadline:
                 self.stop()
                 raise ContainerdError("containerd did not come up in %ss:\n%s"
                                       % (timeout, self.log_text(tail=30)))
             time.sleep(0.05)
+
+    def _cri_ready(self):
+        try:
+            self.cri.version()
+            return True
+        except Exception:   # "server is not initialized yet", plugin still starting
+            return False
 
     def stop(self, timeout=10.0):
         """SIGTERM containerd (by PID), SIGKILL after timeout. Shims and
@@ -342,6 +490,9 @@ class Containerd:
         if self._logf:
             self._logf.close()
             self._logf = None
+        if self._cri_client is not None:
+            self._cri_client.close()
+            self._cri_client = None
 
     def restart(self):
         self.stop()
@@ -443,9 +594,13 @@ class Containerd:
         problems found (leftover shim processes etc.), empty when clean."""
         problems = []
         namespaces = [self.namespace]
+        if self.cri_enabled:
+            namespaces.append(CRI_NAMESPACE)
         try:
             if not self.running():
                 self.start()
+            if self.cri_enabled:
+                problems += self._cri_remove_pods()
             namespaces = sorted(set(namespaces) | set(self.namespaces()))
             self.remove_all()
         except Exception as e:  # containerd broken: fall back to the hard way
@@ -458,11 +613,39 @@ class Containerd:
             kill_pids([p for p, _ in shims])
         del left
         for ns in namespaces:
-            problems += self._cleanup_runc_root(os.path.join(RUNC_ROOT_BASE, ns))
-            problems += remove_cgroups(ns)
+            problems += self._cleanup_runc_root(self.runc_root_of(ns))
+            if self.cri_enabled and ns == CRI_NAMESPACE:
+                # CRI containers' cgroups are <cgroup_parent>/<id>, under our
+                # private root; a pod's parent dir itself is the kubelet's to
+                # remove, so only a cgroup that cannot be removed is a problem.
+                problems += remove_cgroups(self.cri_cgroup_root)
+            else:
+                problems += remove_cgroups(ns)
+        if self.cri_enabled:
+            try:
+                os.rmdir(self.cri_runc_base)
+            except OSError:
+                pass
         for mp in unmount_all(self.dir):
             problems.append("could not unmount %s" % mp)
         shutil.rmtree(self.dir, ignore_errors=True)
+        return problems
+
+    def _cri_remove_pods(self, timeout=30):
+        """CRI mode: stop and remove every pod (and so its containers) through
+        CRI. Returns problems (a CRI call that failed)."""
+        problems = []
+        try:
+            pods = self.cri.list_pod_sandbox()
+        except Exception as e:
+            return ["CRI ListPodSandbox failed: %s" % e]
+        for pod in pods:
+            for call in (self.cri.stop_pod_sandbox, self.cri.remove_pod_sandbox):
+                try:
+                    call(pod.id, timeout=timeout)
+                except Exception as e:
+                    problems.append("CRI %s %s failed: %s" % (call.__name__, pod.id, e))
+                    break
         return problems
 
     @staticmethod
