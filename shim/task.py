@@ -225,12 +225,8 @@ class TaskService:
                 pid = await self._runc_create(container, req, io, opts)
                 p = Process(container, "", req.stdin, req.stdout, req.stderr, req.terminal, io)
                 p.starting = True       # hold an exit until /tasks/create is out
-                self._register_pid(p, pid)
-                if req.terminal:
-                    await io.receive_console()
-                io.start()
+                await self._init_made(container, p, pid)
                 container.init = p
-                container.cgroup = _find_cgroup(pid)
         except BaseException:
             if p is not None and pid:
                 if self.by_pid.get(pid) is p:
@@ -260,6 +256,15 @@ class TaskService:
             checkpoint=req.checkpoint, pid=pid))
         self._release_held_exit(p)
         return pb.CreateTaskResponse(pid=pid)
+
+    async def _init_made(self, c, p, pid):
+        """runc made the init (create or restore): route its exits to p,
+        take the pty master, start the copies, find its cgroup."""
+        self._register_pid(p, pid)
+        if p.terminal:
+            await p.io.receive_console()
+        p.io.start()
+        c.cgroup = _find_cgroup(pid)
 
     async def _runc_create(self, c, req, io, opts):
         try:
@@ -310,12 +315,8 @@ class TaskService:
                     console_socket=io.console_path, no_pivot=c.no_pivot)
             except runc_mod.RuncError as e:
                 raise runc_mod.runc_error("OCI runtime restore failed", e)
-            self._register_pid(p, pid)
-            if p.terminal:
-                await io.receive_console()
-            io.start()
+            await self._init_made(c, p, pid)
             c.restore_from = None
-            c.cgroup = _find_cgroup(pid)
             if p.status == CREATED:
                 p.status = RUNNING
             self._publish("/tasks/start", ev.TaskStart(container_id=c.id, pid=pid))
