@@ -86,16 +86,15 @@ def decode_checkpoint(any_opts):
     client send containerd.runc.v1.CheckpointOptions to io.containerd.runc.*
     runtimes and the legacy containerd.linux.runc.CheckpointOptions (same
     fields) to every other runtime name, pyshim's included."""
-    if any_opts is None or not any_opts.type_url:
-        return {n: ([] if n == "empty_namespaces" else "" if n in ("cgroups_mode", "image_path",
-                    "work_path") else False) for n in CHECKPOINT_FIELDS}
-    url = any_opts.type_url
+    from shim.pb import DecodeError
+    from shim.pb import runc as runc_pb
+    url = any_opts.type_url if any_opts is not None else ""
     if url.startswith("type.googleapis.com/"):
         url = url[len("type.googleapis.com/"):]
-    from shim.pb import DecodeError
     try:
-        if url == CHECKPOINT_OPTIONS:
-            from shim.pb import runc as runc_pb
+        if not url:
+            msg = runc_pb.CheckpointOptions()       # all defaults
+        elif url == CHECKPOINT_OPTIONS:
             msg = runc_pb.CheckpointOptions.decode(any_opts.value or b"")
         elif url == LEGACY_CHECKPOINT:
             from shim.pb import runctypes

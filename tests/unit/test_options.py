@@ -69,3 +69,28 @@ def test_unknown_type_and_garbage():
         options.decode(wkt.Any(type_url="x.Y", value=b""))
     with pytest.raises(options.OptionsError, match="invalid runtime options"):
         options.decode(wkt.Any(type_url=options.RUNC_OPTIONS, value=b"\x0a\xff"))
+
+
+def test_decode_checkpoint_options_both_types():
+    v1 = runc_pb.CheckpointOptions(exit=True, open_tcp=True, empty_namespaces=["network"],
+                                   image_path="/i", work_path="/w")
+    o = options.decode_checkpoint(pack(v1))
+    assert (o["exit"], o["open_tcp"], o["empty_namespaces"], o["work_path"]) == \
+        (True, True, ["network"], "/w")
+    # The legacy type: same fields, other numbers for image/work path.
+    legacy = runctypes.CheckpointOptions(terminal=True, file_locks=True, work_path="/w2")
+    o = options.decode_checkpoint(pack(legacy))
+    assert (o["terminal"], o["file_locks"], o["work_path"], o["exit"]) == (True, True, "/w2", False)
+    # None / empty Any: all defaults.
+    for a in (None, wkt.Any()):
+        o = options.decode_checkpoint(a)
+        assert o == {"exit": False, "open_tcp": False, "external_unix_sockets": False,
+                     "terminal": False, "file_locks": False, "empty_namespaces": [],
+                     "cgroups_mode": "", "image_path": "", "work_path": ""}
+
+
+def test_decode_checkpoint_options_errors():
+    with pytest.raises(options.OptionsError, match="unsupported checkpoint options type x.y"):
+        options.decode_checkpoint(wkt.Any(type_url="x.y", value=b""))
+    with pytest.raises(options.OptionsError, match="invalid checkpoint options"):
+        options.decode_checkpoint(wkt.Any(type_url=options.CHECKPOINT_OPTIONS, value=b"\xff\xff"))
