@@ -530,7 +530,6 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
         stdin_data = _read_all_stdin()
     opts_any, bs_dir = decode_start_input(stdin_data, flags)
     bp = bootstrap_params(stdin_data, flags)
-    opts = _runc_options(opts_any)
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
             spec = jsonlite.loads(f.read())
@@ -549,6 +548,9 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
         return 0
     pid = 0
     try:
+        # Like Go, the options matter only for a new serving process (and
+        # CRI's ConfigPath TOML is then read once per pod, not per container).
+        opts = _runc_options(opts_any)
         write_address(bundle, address)
         debug = flags.debug or (bp is not None and bp.log_level <= _LOG_LEVEL_DEBUG)
         env_add = {}

@@ -108,22 +108,99 @@ def decode_checkpoint(any_opts):
     return d
 
 
+_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _flat_value(v):
+    """(value, rest of the line) of one TOML scalar at the start of v, or
+    None for anything but a bool, a plain decimal int or a one-line string."""
+    if v.startswith('"'):
+        out = []
+        i = 1
+        while i < len(v):
+            c = v[i]
+            if c == "\\":
+                e = _ESCAPES.get(v[i + 1:i + 2])
+                if e is None:
+                    return None             # \uXXXX and friends: tomllib
+                out.append(e)
+                i += 2
+                continue
+            if c == '"':
+                if not out and v[i + 1:i + 2] == '"':
+                    return None             # \"\"\" multi-line string
+                return "".join(out), v[i + 1:]
+            out.append(c)
+            i += 1
+        return None
+    if v.startswith("'"):
+        j = v.find("'", 1)
+        if j < 0 or j == 1 and v[2:3] == "'":
+            return None
+        return v[1:j], v[j + 1:]
+    tok, hashmark, comment = v.partition("#")
+    rest = hashmark + comment
+    tok = tok.strip()
+    if tok == "true":
+        return True, rest
+    if tok == "false":
+        return False, rest
+    digits = tok[1:] if tok[:1] in "+-" else tok
+    if digits.isdigit() and digits.isascii() and (digits == "0" or digits[0] != "0"):
+        return int(tok), rest
+    return None
+
+
+def flat_toml(text):
+    """The top-level `key = value` pairs of a flat TOML document (bare keys;
+    bools, decimal ints, basic and literal one-line strings; comments), or
+    None if it uses anything else: tables, arrays, dates, floats, quoted or
+    dotted keys, multi-line strings, duplicates (tomllib judges those)."""
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] == "#":
+            continue
+        key, eq, v = line.partition("=")
+        key = key.strip()
+        if not eq or not key or not _BARE_KEY.issuperset(key) or key in out:
+            return None
+        got = _flat_value(v.strip())
+        if got is None:
+            return None
+        value, rest = got
+        rest = rest.strip()
+        if rest and rest[0] != "#":
+            return None
+        out[key] = value
+    return out
+
+
 def from_toml(path, body=b""):
     """The runc options in CRI's runtime options file (TOML)."""
     if not path and not body:
         return {}
     try:
-        import tomllib          # Python 3.11+; only loaded for this type
-    except ImportError:
-        raise OptionsError("runtime options config %s: TOML needs Python >= 3.11" % path)
-    try:
-        if body:
-            data = tomllib.loads(body.decode("utf-8"))
-        else:
+        if not body:
             with open(path, "rb") as f:
-                data = tomllib.load(f)
+                body = f.read()
+        text = body.decode("utf-8")
     except (OSError, ValueError) as e:
         raise OptionsError("runtime options config %s: %s" % (path or "<body>", e))
+    # The usual file is flat `Key = value` lines: read those without tomllib,
+    # which would pull re, datetime and more into every pod's shim (~1 MB).
+    data = flat_toml(text)
+    if data is None:
+        try:
+            import tomllib          # Python 3.11+
+        except ImportError:
+            raise OptionsError("runtime options config %s: this TOML needs Python >= 3.11"
+                               % (path or "<body>"))
+        try:
+            data = tomllib.loads(text)
+        except ValueError as e:
+            raise OptionsError("runtime options config %s: %s" % (path or "<body>", e))
     out = {}
     for key, value in data.items():
         name = _TOML_KEYS.get(key, key if key in FIELDS else None)

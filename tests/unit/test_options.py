@@ -94,3 +94,51 @@ def test_decode_checkpoint_options_errors():
         options.decode_checkpoint(wkt.Any(type_url="x.y", value=b""))
     with pytest.raises(options.OptionsError, match="invalid checkpoint options"):
         options.decode_checkpoint(wkt.Any(type_url=options.CHECKPOINT_OPTIONS, value=b"\xff\xff"))
+
+
+FLAT_CASES = [
+    'BinaryName = "/usr/sbin/runc"\nSystemdCgroup = true\n# comment\nIoUid = 1000 # uid\n',
+    "Root = '/r/x' \n\n",
+    'a="x\\"y\\n\\t\\\\"',
+    'a = -3\nb = +4\nc = 0\nd = false',
+    'x = "a#b" # c',
+    'a = ""\nb = \'\'',
+]
+NOT_FLAT_CASES = [
+    'a = """x"""', "a = '''x'''", "[t]\na=1", "a = [1]", "a = 1.5", "a = 01",
+    'a = "x" y', "a.b = 1", 'a = "\\u0041"', "a = 1\na = 2", '"quoted" = 1', "a = 1_000",
+    "a = 0x10", "a = 1979-05-27", "a = {b = 1}", "a = inf", 'a = "unterminated',
+]
+
+
+@pytest.mark.parametrize("text", FLAT_CASES)
+def test_flat_toml_agrees_with_tomllib(text):
+    tomllib = pytest.importorskip("tomllib")
+    assert options.flat_toml(text) == tomllib.loads(text)
+
+
+@pytest.mark.parametrize("text", NOT_FLAT_CASES)
+def test_flat_toml_leaves_the_rest_to_tomllib(text):
+    assert options.flat_toml(text) is None
+
+
+def test_from_toml_flat_file_loads_no_tomllib(tmp_path):
+    """The usual options file must not pull tomllib (and re, datetime...)
+    into the serving process."""
+    import os
+    import subprocess
+    import sys
+    import shim
+    p = tmp_path / "opts.toml"
+    p.write_text('BinaryName = "crun"\nSystemdCgroup = true\nIoUid = 7\n')
+    code = ("import sys; sys.path.insert(0, %r); from shim import options; "
+            "o = options.from_toml(%r); "
+            "print(o['binary_name'], o['systemd_cgroup'], o['io_uid'], "
+            "'tomllib' in sys.modules, 're' in sys.modules)"
+            % (os.path.dirname(os.path.dirname(shim.__file__)), str(p)))
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["crun", "True", "7", "False", "False"]
+    # A document beyond the flat subset still works, through tomllib.
+    p.write_text('BinaryName = "runc"\n[extra]\nx = [1, 2]\n')
+    assert options.from_toml(str(p)) == {"binary_name": "runc"}
