@@ -105,9 +105,10 @@ cdef extern from "<sys/uio.h>" nogil:
         size_t iov_len
 
 
-def set_child_subreaper():
-    """Make this process a child subreaper: orphans below it re-parent here."""
-    if prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+def set_child_subreaper(bint on=True):
+    """Make this process a child subreaper (orphans below it re-parent
+    here), or stop being one."""
+    if prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0) != 0:
         raise OSError(errno, "prctl(PR_SET_CHILD_SUBREAPER)")
 
 

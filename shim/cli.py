@@ -631,15 +631,7 @@ def _encode_delete_response(pid, exit_status, now):
     return out
 
 
-def do_delete(flags):
-    """The `delete` action (spec shim-binary.md §6)."""
-    import time
-    from shim import mount
-    from shim import runc as runc_mod
-    if flags.bundle:
-        bundle = flags.bundle
-    else:
-        bundle = os.path.join(os.path.dirname(os.getcwd()), flags.id)
+def _runc_delete(flags, bundle, runc_mod):
     try:
         binary = runc_mod.read_runtime(bundle)
     except OSError as e:
@@ -658,6 +650,21 @@ def do_delete(flags):
         runc_mod.delete_sync(r, flags.id, bundle, force=True, timeout=3.0)
     except runc_mod.RuncError as e:
         _warn("failed to remove runc container: %s" % e)
+
+
+def do_delete(flags):
+    """The `delete` action (spec shim-binary.md §6)."""
+    import time
+    from shim import mount
+    from shim import runc as runc_mod
+    if flags.bundle:
+        bundle = flags.bundle
+    else:
+        bundle = os.path.join(os.path.dirname(os.getcwd()), flags.id)
+    if not runc_mod.is_marked_deleted(bundle):
+        _runc_delete(flags, bundle, runc_mod)
+    # else: the serving shim's Delete already ran runc delete (the normal
+    # path: containerd runs this action after every disconnect).
     try:
         mount.unmount_all(os.path.join(bundle, "rootfs"))
     except OSError as e:

@@ -609,6 +609,31 @@ def run_sync(argv, timeout=4.0):
     return status, b"".join(chunks)
 
 
+DELETED_MARK = ".pyshim-deleted"
+
+
+def mark_deleted(bundle):
+    """The serving shim ran `runc delete` and unmounted the rootfs: tell the
+    `delete` action (which containerd runs after every shim disconnect) that
+    it need not start runc again."""
+    try:
+        os.close(os.open(os.path.join(bundle, DELETED_MARK),
+                         os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    except OSError:
+        pass
+
+
+def clear_deleted_mark(bundle):
+    try:
+        os.unlink(os.path.join(bundle, DELETED_MARK))
+    except OSError:
+        pass
+
+
+def is_marked_deleted(bundle):
+    return os.path.exists(os.path.join(bundle, DELETED_MARK))
+
+
 def delete_sync(runc, id, bundle, force=True, timeout=4.0):
     """Blocking `runc delete [--force] id` for the delete action. Raises
     RuncError (not for "does not exist")."""

@@ -210,6 +210,7 @@ class TaskService:
                 mount.mount_all(req.rootfs, rootfs)
                 container.rootfs_mounted = True
             runc_mod.write_bundle_options(bundle, opts)
+            runc_mod.clear_deleted_mark(bundle)     # a reused bundle dir
             io = ProcessIO(req.stdin, req.stdout, req.stderr, req.terminal,
                            *container.io_ids, container_id=cid,
                            namespace=self.namespace, reaper=self.reaper)
@@ -442,11 +443,15 @@ class TaskService:
         p.io.close()
         if c.oom is not None:
             c.oom.close()
+        cleaned = True
         if c.rootfs_mounted:
             try:
                 mount.unmount_all(os.path.join(c.bundle, "rootfs"))
             except OSError as e:
+                cleaned = False
                 self.log.warning("unmount rootfs of %s: %s" % (c.id, e))
+        if cleaned:
+            runc_mod.mark_deleted(c.bundle)
         self.by_pid.pop(p.pid, None)
         del self.containers[c.id]
         self._publish("/tasks/delete", ev.TaskDelete(

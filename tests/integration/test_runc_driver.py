@@ -55,7 +55,11 @@ def reaper():
     r = Reaper(loop, subreaper=True)
     r.exits = {}
     r.on_exit = lambda pid, status, when: r.exits.__setitem__(pid, status)
-    return r
+    yield r
+    # Later tests' orphans (shims started by their containerd) must not
+    # re-parent to this pytest process, where nobody reaps them.
+    from shim import _native
+    _native.set_child_subreaper(False)
 
 
 @pytest.fixture(scope="module")
@@ -406,6 +410,36 @@ def test_binary_delete_bundle_from_cwd_and_missing_files(binary, workdir):
     assert r.returncode == 0, r.stderr
     m = task.DeleteResponse.decode(r.stdout)
     assert (m.pid, m.exit_status) == (0, 137)
+
+
+def test_binary_delete_after_shim_delete_skips_runc(binary, workdir):
+    """The serving shim's Delete marks the bundle (runc delete done, rootfs
+    unmounted): the delete action containerd runs after every disconnect
+    then starts no runc, and still answers like Go."""
+    cid = "delm-%s" % uuid.uuid4().hex[:8]
+    bundle = os.path.join(workdir, cid)
+    os.makedirs(bundle)
+    log = os.path.join(workdir, cid + ".runc-calls")
+    fake = os.path.join(workdir, cid + ".fake-runc")
+    with open(fake, "w") as f:
+        f.write("#!/bin/sh\necho \"$@\" >> %s\n" % log)
+    os.chmod(fake, 0o755)
+    with open(os.path.join(bundle, "runtime"), "w") as f:
+        f.write(fake)
+    with open(os.path.join(bundle, "init.pid"), "w") as f:
+        f.write("4242")
+    argv = [binary, "-namespace", NS, "-address", "/tmp/x.sock", "-id", cid, "-bundle", bundle,
+            "delete"]
+    runc_mod.mark_deleted(bundle)
+    r = subprocess.run(argv, cwd=bundle, capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert (task.DeleteResponse.decode(r.stdout).pid, os.path.exists(log)) == (4242, False)
+    # Unmarked (the shim died): runc delete --force runs, as in Go.
+    runc_mod.clear_deleted_mark(bundle)
+    r = subprocess.run(argv, cwd=bundle, capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    with open(log) as f:
+        assert "delete --force %s" % cid in f.read()
 
 
 def test_binary_info(binary, workdir):
