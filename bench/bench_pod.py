@@ -27,7 +27,7 @@ from support.containerd import CRI_GO_HANDLER, CRI_NAMESPACE, CRI_PY_HANDLER, Co
 
 HANDLERS = (("go", CRI_GO_HANDLER), ("py", CRI_PY_HANDLER))
 IDS = [k for k, _ in HANDLERS]
-PAIRS = 5
+PAIRS = 10
 SETTLE = 1.0
 IMAGE = "docker.io/library/pyshim-busybox:latest"
 
