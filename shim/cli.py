@@ -523,7 +523,6 @@ def _sched_core():
 
 def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
     """The `start` action (spec shim-binary.md §4); cwd is the bundle."""
-    from shim import _native
     from shim import jsonlite
     bundle = os.getcwd()
     if stdin_data is None:
@@ -567,6 +566,7 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
             environ = dict(os.environ)
             environ.update(env_add)
             env = ["%s=%s" % kv for kv in environ.items()]
+            from shim import _native
             null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
             try:
                 pid = _native.spawn(exe, argv, env, [null, null, null, sock.fileno()],
