@@ -109,14 +109,15 @@ def logger_argv(uri):
 _live_loggers = set()
 
 
-async def stop_loggers(grace):
-    """The shim is leaving: SIGTERM every logger still running, give them
-    `grace` seconds together to finish, then SIGKILL the rest (Go's shim
-    would leave a logger that ignores SIGTERM behind)."""
+async def stop_loggers():
+    """The shim is leaving: every logger still running gets SIGTERM (if it
+    has not yet) and, as at delete, LOGGER_KILL_DELAY seconds to finish
+    before SIGKILL. Go's shim would exit at once and leave a logger that
+    ignores SIGTERM behind; this waits for them instead."""
     loggers = list(_live_loggers)
     for lg in loggers:
         lg.stop()
-    deadline = _monotonic() + grace
+    deadline = _monotonic() + LOGGER_KILL_DELAY + 1.0
     for lg in loggers:
         left = deadline - _monotonic()
         if left > 0 and not lg.exited.done():

@@ -11,7 +11,6 @@ from shim.task import TaskService
 
 SIGINT = 2
 SIGTERM = 15
-LOGGER_EXIT_GRACE = 2.0   # seconds loggers get to finish when the shim exits
 TASK_SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
 
 
@@ -56,8 +55,10 @@ def serve(flags, listen_fd):
                 await wait_for(publisher.wait_idle(), 5.0)
             except TimeoutError:
                 log.warning("exiting with %d unsent events" % len(publisher.queue))
-            await stop_loggers(LOGGER_EXIT_GRACE)
+            # Connections closed first: containerd is not kept waiting
+            # while binary loggers finish.
             server.close()
+            await stop_loggers()
             loop.stop()
         loop.spawn(finish())
 

@@ -223,9 +223,9 @@ def test_binary_logger_for_exec_and_tty(containerd, image, cid, logger, tmp_path
 
 
 def test_logger_that_never_signals_fails_create_and_is_ended(ctr_run, logger, tmp_path):
-    """Create waits LOGGER_READY_TIMEOUT (30 s) at most, then fails; the
-    logger gets SIGTERM, which it ignores, and SIGKILL when the shim exits
-    (Go waits forever, and would leave it behind)."""
+    """Create waits LOGGER_READY_TIMEOUT (30 s) at most, then fails (Go
+    waits forever); the logger gets SIGTERM, which it ignores, and SIGKILL
+    12 s later: the exiting shim waits for that (Go would leave it behind)."""
     t0 = time.monotonic()
     r = ctr_run("echo", "x", runtime=PY_RUNTIME, timeout=120,
                 args=["--log-uri", "binary://%s?dir=%s&mode=hold" % (logger, tmp_path)])
