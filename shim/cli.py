@@ -30,6 +30,8 @@ EADDRINUSE = 98
 EACCES = 13
 EPERM = 1
 SIGKILL = 9
+SIGTERM = 15
+SIGINT = 2
 
 USAGE = """Usage of %s:
   -address string       grpc address back to containerd
@@ -484,6 +486,10 @@ def _fork_serve(flags, sock, debug, env_add):
         return pid
     code = 1
     try:
+        # A SIGTERM that arrives before the loop reads signals must wait for
+        # it (signalfd), not kill the shim before it removes its socket.
+        import _signal
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, {SIGTERM, SIGINT})
         os.setsid()
         from shim import _native
         orig = sys.orig_argv if hasattr(sys, "orig_argv") else []

@@ -156,3 +156,6 @@ def test_bootstrap_params_for_another_id_are_options(containerd, pyshim_binary, 
             if "start" not in argv:
                 os.kill(pid, 15)
                 wait_pids_gone([pid], 10)
+    # SIGTERM right after start (before the loop reads signals) still ends
+    # the shim cleanly: its socket file is gone.
+    assert not os.path.exists(r.stdout.decode()[len("unix://"):])
