@@ -267,7 +267,10 @@ def start_reply(address, bp):
                                      protocol="ttrpc").encode()
 
 
-def decode_start_input(data, flags):
+_UNSET = object()
+
+
+def decode_start_input(data, flags, bp=_UNSET):
     """stdin of `start`: a serialized Any (runc Options) or, from containerd
     2.3, a BootstrapParams. Returns (options Any or None, socket_dir or None).
     The BootstrapParams reading is accepted only when its instance_id and
@@ -275,7 +278,8 @@ def decode_start_input(data, flags):
     if not data:
         return None, None
     from shim.pb import DecodeError, wkt
-    bp = bootstrap_params(data, flags)
+    if bp is _UNSET:        # the caller may pass what bootstrap_params() gave
+        bp = bootstrap_params(data, flags)
     if bp is not None:
         opts = None
         for ext in bp.extensions or ():
@@ -533,8 +537,8 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
     bundle = os.getcwd()
     if stdin_data is None:
         stdin_data = _read_all_stdin()
-    opts_any, bs_dir = decode_start_input(stdin_data, flags)
     bp = bootstrap_params(stdin_data, flags)
+    opts_any, bs_dir = decode_start_input(stdin_data, flags, bp)
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
             spec = jsonlite.loads(f.read())

@@ -19,6 +19,8 @@ Fixtures (see tests/support/containerd.py for the Containerd API):
                  tests that must behave identically on the Go shim and pyshim.
   pyshim_binary  path of the installed containerd-shim-pyshim-v1 (fails if
                  `pip install .` was not done).
+  sleeper        function: a running detached `sleep 3600` container on
+                 `runtime` (so parametrized go/py); its id. Killed after.
 
 Tests under tests/integration/ are marked `integration` automatically.
 """
@@ -196,3 +198,14 @@ def ctr_run(containerd, image, make_cid):
         return r
 
     return run
+
+
+@pytest.fixture
+def sleeper(containerd, ctr_run, cid, runtime):
+    """A running detached container (`sleep 3600`) on `runtime`; its id."""
+    from support.helpers import wait_status
+    ctr_run("sleep", "3600", runtime=runtime, id=cid, detach=True, check=True)
+    assert wait_status(containerd, cid, "RUNNING") == "RUNNING"
+    yield cid
+    containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
+    wait_status(containerd, cid, "STOPPED")

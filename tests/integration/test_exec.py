@@ -2,7 +2,6 @@
 reference, on the Go shim (`runtime` is parametrized over both)."""
 import json
 import os
-import signal
 import subprocess
 import time
 
@@ -12,22 +11,12 @@ from shim import ttrpc
 from shim.pb import task as pb
 from shim.pb import wkt
 from support.containerd import PY_RUNTIME
-from support.helpers import address_of, open_writer, read_until, wait_status
+from support.helpers import address_of, ctr_events, open_writer, read_until, wait_status
 
 pytestmark = pytest.mark.integration
 
 TASK = "containerd.task.v2.Task"
 PROCESS_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
-
-
-@pytest.fixture
-def sleeper(containerd, ctr_run, cid, runtime):
-    """A running detached container (`sleep 3600`) on `runtime`; its id."""
-    ctr_run("sleep", "3600", runtime=runtime, id=cid, detach=True, check=True)
-    assert wait_status(containerd, cid, "RUNNING") == "RUNNING"
-    yield cid
-    containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
-    wait_status(containerd, cid, "STOPPED")
 
 
 def exec_(containerd, cid, *cmd, exec_id="e1", args=(), **kw):
@@ -157,19 +146,10 @@ def test_kill_exec_with_ctr(containerd, sleeper):
 
 
 def test_exec_events_in_order(containerd, sleeper):
-    ev = containerd.ctr_popen("events", stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.5)
+    with ctr_events(containerd) as events:
         r = exec_(containerd, sleeper, "sh", "-c", "exit 4", exec_id="ev1")
         assert r.returncode == 4
-        time.sleep(0.5)
-    finally:
-        ev.send_signal(signal.SIGINT)
-        try:
-            out, _ = ev.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            ev.kill()
-            out, _ = ev.communicate()
+    out = events[0]
     lines = [line for line in out.splitlines()
              if sleeper in line and line.split()[5].startswith("/tasks/")]
     topics = [line.split()[5] for line in lines]
@@ -184,19 +164,10 @@ def test_init_exit_published_after_its_execs(containerd, sleeper):
     r = containerd.ctr("task", "exec", "-d", "--exec-id", "bg", sleeper, "sleep", "3600",
                        check=False)
     assert r.returncode == 0, r.stderr
-    ev = containerd.ctr_popen("events", stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.5)
+    with ctr_events(containerd) as events:
         containerd.ctr("task", "kill", "-s", "SIGKILL", sleeper)
         assert wait_status(containerd, sleeper, "STOPPED") == "STOPPED"
-        time.sleep(0.5)
-    finally:
-        ev.send_signal(signal.SIGINT)
-        try:
-            out, _ = ev.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            ev.kill()
-            out, _ = ev.communicate()
+    out = events[0]
     exits = [line for line in out.splitlines() if sleeper in line and "/tasks/exit" in line]
     ids = [line.split('"id":"')[1].split('"')[0] for line in exits]
     assert ids == ["bg", sleeper], out

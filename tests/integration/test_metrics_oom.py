@@ -2,11 +2,11 @@
 shim side by side."""
 import json
 import os
-import signal
-import subprocess
 import time
 
 import pytest
+
+from support.helpers import ctr_events
 
 pytestmark = pytest.mark.integration
 
@@ -32,21 +32,12 @@ def test_task_metrics(containerd, ctr_run, cid, runtime):
 
 def test_oom_event_before_exit(containerd, image, make_cid, runtime):
     cid = make_cid()
-    ev = containerd.ctr_popen("events", stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.5)
+    with ctr_events(containerd) as events:
         r = containerd.ctr("run", "--rm", "--runtime", runtime, "--memory-limit",
                            str(32 << 20), image, cid, "dd", "if=/dev/zero", "of=/dev/null",
                            "bs=128M", "count=1", check=False, timeout=60)
         assert r.returncode == 137, r.stderr
-        time.sleep(0.5)
-    finally:
-        ev.send_signal(signal.SIGINT)
-        try:
-            out, _ = ev.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            ev.kill()
-            out, _ = ev.communicate()
+    out = events[0]
     topics = [line.split()[5] for line in out.splitlines()
               if cid in line and line.split()[5] in ("/tasks/oom", "/tasks/exit")]
     assert topics and topics[0] == "/tasks/oom" and "/tasks/exit" in topics, out

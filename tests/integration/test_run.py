@@ -4,7 +4,6 @@ parametrized over both)."""
 import hashlib
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from shim import ttrpc
 from shim.pb import task as pb
 from support.containerd import PY_RUNTIME, mounts_under, pid_alive, wait_pids_gone
-from support.helpers import address_of, wait_status
+from support.helpers import address_of, ctr_events, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -116,19 +115,10 @@ def test_signal_exit_status(containerd, image, cid, runtime, sig, code):
 
 
 def test_events_in_order(containerd, ctr_run, cid, runtime):
-    ev = containerd.ctr_popen("events", stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.5)
+    with ctr_events(containerd) as events:
         r = ctr_run("sh", "-c", "exit 3", runtime=runtime, id=cid)
         assert r.returncode == 3
-        time.sleep(0.5)
-    finally:
-        ev.send_signal(signal.SIGINT)
-        try:
-            out, _ = ev.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            ev.kill()
-            out, _ = ev.communicate()
+    out = events[0]
     # line: "<date> <time> +0000 UTC <namespace> <topic> <json>"
     topics = [line.split()[5] for line in out.splitlines()
               if cid in line and line.split()[5].startswith("/tasks/")]

@@ -3,8 +3,6 @@ same raw inputs (good, malformed, concurrent) sent to the Go shim and to
 pyshim must get the same answers."""
 import os
 import socket
-import subprocess
-import signal
 import time
 
 import pytest
@@ -16,6 +14,7 @@ from shim.pb import task as pb
 from shim.pb import ttrpc as pb_ttrpc
 from shim.pb import types
 from support.containerd import PY_RUNTIME
+from support.helpers import ctr_events
 
 pytestmark = pytest.mark.integration
 
@@ -213,9 +212,7 @@ def test_forward_event_to_containerd(containerd):
     """Our async client sends a /tasks/exit-style event to containerd's ttrpc
     events socket; `ctr events` shows it with the right topic and namespace."""
     from shim.events import Publisher
-    evp = containerd.ctr_popen("events", stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.5)
+    with ctr_events(containerd) as events:
         loop = get_loop()
         pub = Publisher(containerd.ttrpc_address, containerd.namespace, loop)
         pub.publish("/tasks/exit", ev.TaskExit(container_id="fwd-test", id="fwd-test",
@@ -223,14 +220,7 @@ def test_forward_event_to_containerd(containerd):
         loop.run_until_complete(pub.wait_idle(), timeout=10)
         assert pub.sent == 1 and not pub.queue
         pub.client.close()
-        time.sleep(0.5)
-    finally:
-        evp.send_signal(signal.SIGINT)
-        try:
-            out, _ = evp.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            evp.kill()
-            out, _ = evp.communicate()
+    out = events[0]
     lines = [line for line in out.splitlines() if "fwd-test" in line]
     assert len(lines) == 1, out
     f = lines[0].split()

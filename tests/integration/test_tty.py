@@ -96,15 +96,6 @@ def ctr_tty(containerd, *args, rows=24, cols=80, timeout=120):
     return TtyCtr(containerd, *args, rows=rows, cols=cols).finish(timeout)
 
 
-@pytest.fixture
-def sleeper(containerd, ctr_run, cid, runtime):
-    ctr_run("sleep", "3600", runtime=runtime, id=cid, detach=True, check=True)
-    assert wait_status(containerd, cid, "RUNNING") == "RUNNING"
-    yield cid
-    containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
-    wait_status(containerd, cid, "STOPPED")
-
-
 def test_run_tty_output_and_exit_code(containerd, image, cid, runtime):
     out, code = ctr_tty(containerd, "run", "--rm", "-t", "--runtime", runtime, image, cid,
                         "sh", "-c", "echo hello; tty; test -t 0 && test -t 2 && exit 3")

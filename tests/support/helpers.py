@@ -1,6 +1,9 @@
 """Small helpers the integration tests share."""
+import contextlib
 import os
 import select
+import signal
+import subprocess
 import time
 
 
@@ -45,3 +48,24 @@ def read_until(fd, want, timeout):
             continue
         buf += b
     return buf
+
+
+@contextlib.contextmanager
+def ctr_events(c, settle=0.5):
+    """Run `ctr events` around the block; yields a list that holds its output
+    text once the block has ended. `settle` seconds before and after the
+    block let ctr subscribe and the events arrive."""
+    ev = c.ctr_popen("events", stdout=subprocess.PIPE, text=True)
+    got = []
+    try:
+        time.sleep(settle)
+        yield got
+        time.sleep(settle)
+    finally:
+        ev.send_signal(signal.SIGINT)
+        try:
+            out, _ = ev.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            ev.kill()
+            out, _ = ev.communicate()
+        got.append(out)

@@ -12,6 +12,7 @@ import pytest
 from shim.io import ProcessIO
 from shim.loop import Future, get_loop, sleep, wait_for
 from shim.ttrpc import TTRPCError
+from support.helpers import open_writer
 
 loop = get_loop()
 
@@ -165,17 +166,6 @@ def start_tty_io(paths, tmp_path, monkeypatch):
     return io, slave
 
 
-def client_writer(path):
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
 def read_fifo(fd, want, timeout=5):
     got = bytearray()
     deadline = time.monotonic() + timeout
@@ -195,7 +185,7 @@ def test_terminal_io_both_directions_and_resize(fifos, tmp_path, monkeypatch):
     try:
         os.write(slave, b"from container")
         assert read_fifo(out, b"from container") == b"from container"
-        w = client_writer(paths["stdin"])
+        w = open_writer(paths["stdin"], timeout=5)
         os.write(w, b"typed")
         os.close(w)
         got = b""
@@ -280,7 +270,7 @@ def test_terminal_stdin_eof_hangs_up_after_draining(fifos, tmp_path, monkeypatch
     raw(slave)
     try:
         os.write(slave, b"before")
-        w = client_writer(paths["stdin"])
+        w = open_writer(paths["stdin"], timeout=5)
         os.close(w)
         io.close_stdin()
         assert run(io.wait_copied(5)) is True
