@@ -94,7 +94,9 @@ class TaskService:
 
     def _container(self, cid):
         c = self.containers.get(cid)
-        if c is None:
+        if c is None or c.init is None:
+            # A Create still in flight has reserved the id but has no init
+            # yet: as in Go, the container does not exist until Create returns.
             raise not_found("container not created")
         return c
 
@@ -141,31 +143,37 @@ class TaskService:
     def _process_exited(self, p, status, when):
         if self.by_pid.get(p.pid) is p:
             del self.by_pid[p.pid]
-        if p.status == STOPPED:
+        if p.reaped or p.status == STOPPED:
             return
-        p.record_exit(status, when)
+        if p is p.container.init:
+            p.reaped = True         # stopped once its execs are settled
+        else:
+            p.record_exit(status, when)
         if p.io is not None:
             p.io.process_exited()
-        self.loop.spawn(self._finish_exit(p))
+        self.loop.spawn(self._finish_exit(p, status, when))
 
-    async def _finish_exit(self, p):
+    async def _finish_exit(self, p, status, when):
         c = p.container
-        if p is c.init and not c.private_pidns:
-            # Shared pid namespace: nothing kills the rest for us.
-            try:
-                await c.runc.kill(c.id, c.bundle, 9, all=True)
-            except Exception as e:
-                self.log.warning("killall of %s failed: %s" % (c.id, e))
-        # Let the last output reach the client before the exit event.
-        if p.io is not None:
-            await p.io.wait_copied(IO_DRAIN_ON_EXIT)
         if p is c.init:
-            # The init's exit comes after the exits of all its execs (2.x);
-            # they die with it (private pid ns) or by the kill-all above.
+            if not c.private_pidns:
+                # Shared pid namespace: nothing kills the rest for us.
+                try:
+                    await c.runc.kill(c.id, c.bundle, 9, all=True)
+                except Exception as e:
+                    self.log.warning("killall of %s failed: %s" % (c.id, e))
+            # As the Go shim (containerd issue 10589): the init stays in its
+            # state until every exec that was starting or running has
+            # exited, so its exit is the container's last; meanwhile Exec is
+            # still accepted and an exec's Start refused (init reaped).
             for e in list(c.execs.values()):
                 if e.starting or e.status == RUNNING or (e.status == STOPPED
                                                           and e.pid):
                     await e.exited
+            p.record_exit(status, when)
+        # Let the last output reach the client before the exit event.
+        if p.io is not None:
+            await p.io.wait_copied(IO_DRAIN_ON_EXIT)
         if p is c.init and c.oom is not None:
             c.oom.poll()            # an OOM kill is reported before its exit
         self._publish("/tasks/exit", ev.TaskExit(
@@ -346,6 +354,8 @@ class TaskService:
 
     async def _start_exec(self, c, p):
         p.check_start()
+        if c.init.reaped:
+            raise failed_precondition("container %s init process is not running" % c.id)
         if c.init.status in (PAUSED, PAUSING):
             # runc would put the new process into the frozen cgroup and hang.
             raise state_error("cannot exec in a paused state")

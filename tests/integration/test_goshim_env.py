@@ -10,7 +10,7 @@ import os
 import pytest
 
 from support.containerd import GO_RUNTIME, SHIM_SOCKET_DIR, wait_pids_gone
-from support.helpers import wait_status
+from support.helpers import address_of, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +49,7 @@ def test_detached_task_bundle_and_shim_lifecycle(containerd, ctr_run, cid):
     bundle = containerd.bundle(cid)
     assert bundle == os.path.join(containerd.state, "io.containerd.runtime.v2.task",
                                   containerd.namespace, cid)
-    with open(os.path.join(bundle, "address")) as f:
-        address = f.read()
+    address = address_of(containerd, cid)
     assert address.startswith("unix://")
     # Socket name = sha256("<grpc address>/<namespace>/<id>") in /run/containerd/s.
     digest = hashlib.sha256(os.path.join(containerd.address, containerd.namespace, cid)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from support.helpers import ctr_events
+from support.helpers import address_of, ctr_events
 
 pytestmark = pytest.mark.integration
 
@@ -53,8 +53,7 @@ def test_memory_limit_update_visible_in_cgroup(containerd, ctr_run, cid, runtime
     path = "/sys/fs/cgroup/memory/%s/%s/memory.limit_in_bytes" % (containerd.namespace, cid)
     if not os.path.exists(path):
         pytest.skip("no cgroup v1 memory controller at %s" % path)
-    with open(os.path.join(containerd.bundle(cid), "address")) as f:
-        address = f.read()
+    address = address_of(containerd, cid)
     res = wkt.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
                   value=json.dumps({"memory": {"limit": 48 << 20}}).encode())
     with ttrpc.SyncClient(address) as cl:

@@ -14,7 +14,7 @@ from shim.pb import task as pb
 from shim.pb import ttrpc as pb_ttrpc
 from shim.pb import types
 from support.containerd import PY_RUNTIME
-from support.helpers import ctr_events
+from support.helpers import address_of, ctr_events
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +30,7 @@ def running(containerd, ctr_run, cid, runtime):
     while containerd.tasks().get(cid, (0, ""))[1] != "RUNNING":
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    with open(os.path.join(containerd.bundle(cid), "address")) as f:
-        address = f.read()
+    address = address_of(containerd, cid)
     yield cid, address
     containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
     deadline = time.monotonic() + 10

@@ -39,6 +39,14 @@ answers, c.cri is a support.cri.CRIClient, c.import_cri_images() imports the
 busybox and pause images into "k8s.io". cleanup() also stops and removes every
 pod through CRI, then checks the "k8s.io" namespace like any other.
 
+Which containerd: the one on PATH (Debian bookworm's 1.6.20), or the
+release whose bin dir (containerd, ctr, that release's Go shim) is named by
+PYSHIM_CONTAINERD_BIN, e.g. the dir `../shared/containerd-release/containerd-release 2.1`
+prints. That dir comes first on the daemon's PATH, so `io.containerd.runc.v2`
+is the Go shim of the same release. containerd 2.x gets a version 3 config
+(CRI in io.containerd.cri.v1.runtime / .images) with NRI disabled, so that
+private daemons do not take the machine-wide NRI socket.
+
 stdlib only (CRI mode: plus grpcio, imported lazily); needs root.
 """
 import itertools
@@ -57,6 +65,8 @@ PY_RUNTIME = "io.containerd.pyshim.v1"
 PY_SHIM_BINARY = "containerd-shim-pyshim-v1"
 SHIM_SOCKET_DIR = "/run/containerd/s"
 RUNC_ROOT_BASE = "/run/containerd/runc"
+
+CONTAINERD_BIN_ENV = "PYSHIM_CONTAINERD_BIN"
 
 CRI_NAMESPACE = "k8s.io"          # fixed by containerd's CRI plugin
 CRI_PY_HANDLER = "pyshim"         # runtime handlers of CRI mode
@@ -78,7 +88,7 @@ DISABLED_PLUGINS = [
 ]
 
 CONFIG = """\
-version = 2
+version = {version}
 root = "{root}"
 state = "{state}"
 disabled_plugins = {disabled}
@@ -124,6 +134,71 @@ CRI_CONFIG = """
     bin_dir = {cni_dir}
     conf_dir = {cni_dir}
 """
+
+
+# The same for containerd 2.x (config version 3).
+CRI_CONFIG_V3 = """
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = {sandbox_image}
+[plugins."io.containerd.cri.v1.runtime"]
+  enable_selinux = false
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "{go_handler}"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{go_handler}]
+      runtime_type = {go_runtime}
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{go_handler}.options]
+{go_options}
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{py_handler}]
+      runtime_type = {py_runtime}
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{py_handler}.options]
+        ConfigPath = {py_config}
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = [{cni_dir}]
+    conf_dir = {cni_dir}
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_tls_streaming = false
+"""
+
+_versions = {}
+
+# containerd/ctr >= 2.2 warn about cgroup v1 on stderr at every start.
+QUIET_ENV = {"CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS": "1"}
+
+
+def containerd_bin_dir():
+    """The bin dir named by PYSHIM_CONTAINERD_BIN, or None (use PATH)."""
+    d = os.environ.get(CONTAINERD_BIN_ENV, "").strip()
+    return os.path.abspath(d) if d else None
+
+
+def containerd_version(binary=None):
+    """(major, minor, patch) of `binary` (default: the containerd the tests
+    use); (0, 0, 0) when it cannot be told."""
+    if binary is None:
+        d = containerd_bin_dir()
+        binary = os.path.join(d, "containerd") if d else (shutil.which("containerd")
+                                                           or "containerd")
+    if binary not in _versions:
+        v = (0, 0, 0)
+        try:
+            out = subprocess.run([binary, "--version"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, timeout=30).stdout
+            # "containerd github.com/containerd/containerd/v2 2.1.9~ds1 <rev>"
+            for word in out.split():
+                nums = word.lstrip("v").split("~")[0].split("+")[0].split("-")[0].split(".")
+                if len(nums) >= 2 and all(n.isdigit() for n in nums[:3]):
+                    v = tuple(int(n) for n in (nums + ["0"])[:3])
+                    break
+        except (OSError, subprocess.SubprocessError):
+            pass
+        _versions[binary] = v
+    return _versions[binary]
 
 
 def _toml_value(v):
@@ -312,8 +387,16 @@ class Containerd:
         if debug is None:
             debug = os.environ.get("PYSHIM_TEST_DEBUG", "") not in ("", "0")
         self.debug = debug
+        bin_dir = containerd_bin_dir()
+        if bin_dir:
+            if binary == "containerd":
+                binary = os.path.join(bin_dir, "containerd")
+            if ctr_binary == "ctr":
+                ctr_binary = os.path.join(bin_dir, "ctr")
+            extra_path = list(extra_path) + [bin_dir]
         self.binary = shutil.which(binary) or binary
         self.ctr_binary = shutil.which(ctr_binary) or ctr_binary
+        self.version = containerd_version(self.binary)
         self.dir = tempfile.mkdtemp(prefix="pyshim-test-%d-%d-" % (os.getpid(), n), dir="/run")
         os.chmod(self.dir, 0o711)
         self.root = os.path.join(self.dir, "root")
@@ -331,12 +414,15 @@ class Containerd:
         self.cri_enabled = bool(cri)
         self._cri_client = None
         disabled = list(DISABLED_PLUGINS)
+        if self.version >= (2, 0, 0):
+            disabled.append("io.containerd.nri.v1.nri")
         extra = ""
         if self.cri_enabled:
             disabled.remove("io.containerd.grpc.v1.cri")
             extra = self._cri_setup(n, runtime_config or {})
         with open(self.config_path, "w") as f:
-            f.write(CONFIG.format(root=self.root, state=self.state, address=self.address,
+            f.write(CONFIG.format(version=3 if self.version >= (2, 0, 0) else 2,
+                                  root=self.root, state=self.state, address=self.address,
                                   ttrpc=self.ttrpc_address,
                                   disabled="[%s]" % ", ".join('"%s"' % p for p in disabled),
                                   level="debug" if debug else "info"))
@@ -357,13 +443,21 @@ class Containerd:
             f.write("# runc options of the CRI runtime handler %r\n" % CRI_PY_HANDLER)
             f.write(_toml_table(opts))
         q = json.dumps
-        return CRI_CONFIG.format(
+        template = CRI_CONFIG_V3 if self.version >= (2, 0, 0) else CRI_CONFIG
+        return template.format(
             sandbox_image=q(PAUSE_REF), go_handler=CRI_GO_HANDLER, py_handler=CRI_PY_HANDLER,
             go_runtime=q(GO_RUNTIME), py_runtime=q(PY_RUNTIME),
             go_options=_toml_table(opts, " " * 8).rstrip("\n"),
             py_config=q(self.cri_options_path), cni_dir=q(self.cni_dir))
 
     # ---- paths -------------------------------------------------------
+    @property
+    def task_service(self):
+        """The ttrpc Task service name this containerd's shims serve (the
+        Go shim of 2.x serves only v3; pyshim serves both)."""
+        return "containerd.task.v3.Task" if self.version >= (2, 0, 0) else \
+            "containerd.task.v2.Task"
+
     @property
     def ttrpc_address(self):
         return self.address + ".ttrpc"
@@ -446,6 +540,7 @@ class Containerd:
             if k.startswith(("CONTAINERD_", "NOTIFY_SOCKET", "PYTHON")):
                 del env[k]
         env["PATH"] = self.path
+        env.update(QUIET_ENV)
         self._logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [self.binary, "--config", self.config_path],
@@ -515,6 +610,7 @@ class Containerd:
         if isinstance(input, bytes) and text:
             input = input.decode()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERD_")}
+        env.update(QUIET_ENV)
         argv = self._ctr_argv(namespace, args)
         try:
             r = subprocess.run(argv, input=input, stdout=stdout, stderr=stderr, env=env,
@@ -531,6 +627,7 @@ class Containerd:
     def ctr_popen(self, *args, namespace=None, **kw):
         """subprocess.Popen of `ctr --address A -n NS *args` (caller reaps it)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERD_")}
+        env.update(QUIET_ENV)
         kw.setdefault("env", env)
         return subprocess.Popen(self._ctr_argv(namespace, args), **kw)
 

@@ -1,5 +1,6 @@
 """Small helpers the integration tests share."""
 import contextlib
+import json
 import os
 import select
 import signal
@@ -19,9 +20,16 @@ def wait_status(c, id, want, timeout=10.0):
 
 
 def address_of(c, id):
-    """The shim address containerd uses for container `id` (bundle file)."""
-    with open(os.path.join(c.bundle(id), "address")) as f:
-        return f.read()
+    """The shim address containerd uses for container `id`: the bundle's
+    `address` file, or `bootstrap.json` where containerd 2.x's Go shim
+    writes only that."""
+    bundle = c.bundle(id)
+    try:
+        with open(os.path.join(bundle, "address")) as f:
+            return f.read()
+    except FileNotFoundError:
+        with open(os.path.join(bundle, "bootstrap.json")) as f:
+            return json.load(f)["address"]
 
 
 def open_writer(path, timeout=10):

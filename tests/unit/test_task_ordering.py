@@ -174,15 +174,23 @@ def test_init_exit_waits_for_running_execs(svc):
     init_wait = loop.spawn(svc.wait(pb.WaitRequest(id="c1"), None))
     svc._on_exit(INIT_PID, 137, 2.0)
     settle()
-    # The init is stopped, but its exit is not out while the exec runs.
-    assert svc.containers["c1"].init.status == STOPPED
+    # As the Go shim (containerd#10589): the init is reaped but stays running
+    # until the exec has exited, and its exit is not out meanwhile. A new
+    # exec may be added, but not started.
+    assert svc.containers["c1"].init.status == RUNNING
     assert svc.pub.topics() == ["/tasks/exec-added", "/tasks/exec-started"]
     assert not init_wait.done()
+    run(svc.exec(exec_req("e2"), None))
+    with pytest.raises(TTRPCError) as e:
+        run(svc.start(pb.StartRequest(id="c1", exec_id="e2"), None))
+    assert (e.value.code, e.value.message) == (
+        9, "container c1 init process is not running: failed precondition")
     svc._on_exit(EXEC_PID, 137, 2.1)
     loop.run_until_complete(init_wait, timeout=5)
     exits = [(m.id, m.exit_status) for t, m in svc.pub.events if t == "/tasks/exit"]
     assert exits == [("e1", 137), ("c1", 137)]
     assert init_wait.result().exit_status == 137
+    assert svc.containers["c1"].init.status == STOPPED
 
 
 def test_exec_refused_when_init_paused_or_stopped(svc):
