@@ -10,12 +10,12 @@ import pytest
 from shim import ttrpc
 from shim.pb import task as pb
 from shim.pb import wkt
-from support.containerd import PY_RUNTIME
+from support.containerd import PY_RUNTIME, task_service
 from support.helpers import address_of, ctr_events, open_writer, read_until, wait_status
 
 pytestmark = pytest.mark.integration
 
-TASK = "containerd.task.v2.Task"
+TASK = task_service()
 PROCESS_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 
 
@@ -330,12 +330,13 @@ def test_exec_on_pyshim_counts_no_leaked_fds(containerd, ctr_run, cid):
     wait_status(containerd, cid, "STOPPED")
 
 
-def test_exec_background_child_holding_stdout_does_not_block(containerd, sleeper):
+def test_exec_background_child_holding_stdout_does_not_block(containerd, runtime, sleeper):
     # The exec exits but its child keeps stdout open: ctr still returns
-    # within the shim's bounded drain waits (Go 1.6: 2 s at Delete).
+    # within the shim's bounded drain waits (Go 1.6: 2 s at Delete; the Go
+    # shim of 2.x takes ~10 s), not when the child ends (30 s).
     t0 = time.monotonic()
     r = exec_(containerd, sleeper, "sh", "-c", "sleep 30 & echo hi", exec_id="bgout",
               timeout=30)
     took = time.monotonic() - t0
     assert (r.stdout, r.returncode) == ("hi\n", 0), r.stderr
-    assert took < 8, took
+    assert took < (8 if runtime == PY_RUNTIME or containerd.version < (2, 0, 0) else 20), took

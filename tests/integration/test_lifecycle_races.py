@@ -171,10 +171,10 @@ def test_requests_racing_slow_create(containerd, runtime, shim):
     """While Create waits in `runc create`, the container does not exist:
     State, Pids, Kill, Start, Exec and Delete answer NotFound and Connect
     no task pid, never an internal error; then Create completes as usual
-    (as the Go shim of containerd 2.x)."""
-    if runtime == GO_RUNTIME and containerd.version < (2, 0, 0):
-        pytest.skip("containerd 1.x's Go shim holds its service lock through Create: "
-                    "requests wait for it")
+    (as the Go shim of containerd 2.3+)."""
+    if runtime == GO_RUNTIME and containerd.version < (2, 3, 0):
+        pytest.skip("the Go shim before containerd 2.3 holds its service lock through "
+                    "Create: requests wait for it")
     id = "race-create"
     opts = any_of(runc_pb.Options(binary_name=holding_runc(shim.dir, "create")))
     create = shim.send("Create", pb.CreateTaskRequest(

@@ -13,10 +13,10 @@ import pytest
 from shim import ttrpc
 from shim.pb import task as pb
 from shim.pb import wkt
-from support.containerd import PY_RUNTIME, pid_alive, wait_pids_gone
+from support.containerd import PY_RUNTIME, pid_alive, task_service, wait_pids_gone
 from support.helpers import address_of
 
-TASK = "containerd.task.v2.Task"
+TASK = task_service()
 
 pytestmark = pytest.mark.integration
 

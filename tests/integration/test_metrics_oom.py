@@ -57,9 +57,9 @@ def test_memory_limit_update_visible_in_cgroup(containerd, ctr_run, cid, runtime
     res = wkt.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
                   value=json.dumps({"memory": {"limit": 48 << 20}}).encode())
     with ttrpc.SyncClient(address) as cl:
-        cl.call("containerd.task.v2.Task", "Update", pb.UpdateTaskRequest(id=cid, resources=res))
+        cl.call(containerd.task_service, "Update", pb.UpdateTaskRequest(id=cid, resources=res))
         with pytest.raises(ttrpc.TTRPCError) as e:
-            cl.call("containerd.task.v2.Task", "Update", pb.UpdateTaskRequest(
+            cl.call(containerd.task_service, "Update", pb.UpdateTaskRequest(
                 id=cid, resources=wkt.Any(type_url=res.type_url, value=b"{nope")))
         assert e.value.code == ttrpc.UNKNOWN
     with open(path) as f:

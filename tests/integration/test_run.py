@@ -10,7 +10,7 @@ import pytest
 
 from shim import ttrpc
 from shim.pb import task as pb
-from support.containerd import PY_RUNTIME, mounts_under, pid_alive, wait_pids_gone
+from support.containerd import GO_RUNTIME, PY_RUNTIME, mounts_under, pid_alive, wait_pids_gone
 from support.helpers import address_of, ctr_events, wait_status
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ def test_detached_lifecycle_ls_ps_kill_wait_rm(containerd, ctr_run, cid, runtime
     # ctr 1.6 has no `task wait`: wait through the shim's own Wait RPC
     # (same wire on both shims).
     with ttrpc.SyncClient(address_of(containerd, cid), timeout=30) as cl:
-        sid = cl.send_raw_request("containerd.task.v2.Task", "Wait",
+        sid = cl.send_raw_request(containerd.task_service, "Wait",
                                   pb.WaitRequest(id=cid).encode())
         containerd.ctr("task", "kill", "-s", "SIGKILL", cid)
         resp = cl.recv_response(sid)
@@ -122,7 +122,12 @@ def test_events_in_order(containerd, ctr_run, cid, runtime):
     # line: "<date> <time> +0000 UTC <namespace> <topic> <json>"
     topics = [line.split()[5] for line in out.splitlines()
               if cid in line and line.split()[5].startswith("/tasks/")]
-    assert topics == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], out
+    want = ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    if runtime == GO_RUNTIME and containerd.version >= (2, 0, 0) and topics == want[:-1]:
+        # The 2.x Go shim exits as soon as containerd's Shutdown comes, with
+        # its /tasks/delete still queued; pyshim sends queued events first.
+        want = want[:-1]
+    assert topics == want, out
     exit_line = [line for line in out.splitlines() if "/tasks/exit" in line and cid in line][0]
     assert '"id":"%s"' % cid in exit_line and '"exit_status":3' in exit_line
 
@@ -222,10 +227,10 @@ def test_duplicate_id_refused(containerd, ctr_run, cid):
     bundle = containerd.bundle(cid)
     with ttrpc.SyncClient(address_of(containerd, cid)) as cl:
         with pytest.raises(ttrpc.TTRPCError) as e:
-            cl.call("containerd.task.v2.Task", "Create",
+            cl.call(containerd.task_service, "Create",
                     pb.CreateTaskRequest(id=cid, bundle=bundle))
         assert e.value.code == ttrpc.ALREADY_EXISTS
-        st = cl.call("containerd.task.v2.Task", "State", pb.StateRequest(id=cid),
+        st = cl.call(containerd.task_service, "State", pb.StateRequest(id=cid),
                      pb.StateResponse)
         assert st.status == 2 and st.pid > 0      # still RUNNING
     assert mounts_under(bundle)

@@ -13,12 +13,12 @@ from shim.pb import events as ev
 from shim.pb import task as pb
 from shim.pb import ttrpc as pb_ttrpc
 from shim.pb import types
-from support.containerd import PY_RUNTIME
+from support.containerd import PY_RUNTIME, task_service
 from support.helpers import address_of, ctr_events
 
 pytestmark = pytest.mark.integration
 
-TASK = "containerd.task.v2.Task"
+TASK = task_service()
 
 
 @pytest.fixture
@@ -63,8 +63,11 @@ def status_of(fr):
     return (resp.status.code, resp.status.message) if resp.status else (0, "")
 
 
-def test_worked_example_byte_exact(running):
+def test_worked_example_byte_exact(containerd, runtime, running):
     # spec ttrpc.md §12: State{id:"nope"} on stream 1, and the Go shim's reply.
+    if runtime != PY_RUNTIME and containerd.version >= (2, 0, 0):
+        pytest.skip("the example calls containerd.task.v2.Task, which the Go shim "
+                    "of containerd 2.x does not serve (v3 only)")
     _, address = running
     req = bytes.fromhex("000000280000000101000a17636f6e7461696e6572642e7461736b2e7632"
                         "2e5461736b120553746174651a060a046e6f7065")

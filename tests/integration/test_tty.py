@@ -20,11 +20,12 @@ import pytest
 from shim import ttrpc
 from shim.pb import task as pb
 
+from support.containerd import task_service
 from support.helpers import address_of, open_writer, read_until, wait_status
 
 pytestmark = pytest.mark.integration
 
-TASK = "containerd.task.v2.Task"
+TASK = task_service()
 
 
 class TtyCtr:

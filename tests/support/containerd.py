@@ -28,6 +28,10 @@ CRI mode (`Containerd(cri=True)`, needs grpcio for the CRI client): the
                               plus `runtime_config`)
     runtime handler "runc"    io.containerd.runc.v2 (the Go shim), the same
                               runc options inline, for comparisons
+    runtime handler "pyshim-runc"  (containerd >= 1.7) runtime_type
+                              io.containerd.runc.v2 with runtime_path = the
+                              installed pyshim: typed runc options inline, and
+                              CRI asks the shim for its features (`-info`)
     sandbox_image             the offline pause image (PAUSE_REF)
     stream server             127.0.0.1, a free port
     CNI                       an empty private dir (pods use host network)
@@ -71,6 +75,7 @@ CONTAINERD_BIN_ENV = "PYSHIM_CONTAINERD_BIN"
 CRI_NAMESPACE = "k8s.io"          # fixed by containerd's CRI plugin
 CRI_PY_HANDLER = "pyshim"         # runtime handlers of CRI mode
 CRI_GO_HANDLER = "runc"
+CRI_PY_RUNC_HANDLER = "pyshim-runc"   # runc.v2 runtime_type, pyshim as runtime_path
 
 _counter = itertools.count()
 
@@ -136,6 +141,17 @@ CRI_CONFIG = """
 """
 
 
+# A runc.v2 handler served by another binary (containerd >= 1.7).
+RUNTIME_PATH_HANDLER = """
+[{runtimes}.{name}]
+  runtime_type = {runtime}
+  runtime_path = {path}
+  [{runtimes}.{name}.options]
+{options}
+"""
+RUNTIMES_V2 = 'plugins."io.containerd.grpc.v1.cri".containerd.runtimes'
+RUNTIMES_V3 = 'plugins."io.containerd.cri.v1.runtime".containerd.runtimes'
+
 # The same for containerd 2.x (config version 3).
 CRI_CONFIG_V3 = """
 [plugins."io.containerd.cri.v1.images"]
@@ -199,6 +215,14 @@ def containerd_version(binary=None):
             pass
         _versions[binary] = v
     return _versions[binary]
+
+
+def task_service(version=None):
+    """The ttrpc Task service that containerd `version` (default: the one
+    the tests use) calls on its shims: the Go shim of 2.x serves only
+    containerd.task.v3.Task, that of 1.x only v2; pyshim serves both."""
+    version = version or containerd_version()
+    return "containerd.task.v3.Task" if version >= (2, 0, 0) else "containerd.task.v2.Task"
 
 
 def _toml_value(v):
@@ -443,20 +467,24 @@ class Containerd:
             f.write("# runc options of the CRI runtime handler %r\n" % CRI_PY_HANDLER)
             f.write(_toml_table(opts))
         q = json.dumps
-        template = CRI_CONFIG_V3 if self.version >= (2, 0, 0) else CRI_CONFIG
-        return template.format(
+        v3 = self.version >= (2, 0, 0)
+        config = (CRI_CONFIG_V3 if v3 else CRI_CONFIG).format(
             sandbox_image=q(PAUSE_REF), go_handler=CRI_GO_HANDLER, py_handler=CRI_PY_HANDLER,
             go_runtime=q(GO_RUNTIME), py_runtime=q(PY_RUNTIME),
             go_options=_toml_table(opts, " " * 8).rstrip("\n"),
             py_config=q(self.cri_options_path), cni_dir=q(self.cni_dir))
+        pyshim = find_pyshim_binary()
+        if self.version >= (1, 7, 0) and pyshim:
+            config += RUNTIME_PATH_HANDLER.format(
+                runtimes=RUNTIMES_V3 if v3 else RUNTIMES_V2, name=CRI_PY_RUNC_HANDLER,
+                runtime=q(GO_RUNTIME), path=q(pyshim),
+                options=_toml_table(opts, "    ").rstrip("\n"))
+        return config
 
     # ---- paths -------------------------------------------------------
     @property
     def task_service(self):
-        """The ttrpc Task service name this containerd's shims serve (the
-        Go shim of 2.x serves only v3; pyshim serves both)."""
-        return "containerd.task.v3.Task" if self.version >= (2, 0, 0) else \
-            "containerd.task.v2.Task"
+        return task_service(self.version)
 
     @property
     def ttrpc_address(self):
