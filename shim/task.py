@@ -68,6 +68,7 @@ class TaskService:
         self.creating = 0           # Creates/exec Starts whose pid is not known yet
         self.early_exits = {}       # pid -> (status, when) reaped before known
         self.shutdown_cb = shutdown_cb
+        self.shutdown_asked = False     # Shutdown came while tasks remained
         reaper.on_exit = self._on_exit
 
     # ---- table used by the ttrpc server ----------------------------------
@@ -467,6 +468,8 @@ class TaskService:
         self._publish("/tasks/delete", ev.TaskDelete(
             container_id=c.id, pid=p.pid, exit_status=p.exit_status,
             exited_at=_ts(p.exited_at)))
+        if self.shutdown_asked:
+            self._shutdown_if_idle()
         return pb.DeleteResponse(pid=p.pid, exit_status=p.exit_status,
                                  exited_at=_ts(p.exited_at))
 
@@ -663,10 +666,17 @@ class TaskService:
         return pb.ConnectResponse(shim_pid=os.getpid(), task_pid=pid)
 
     async def shutdown(self, req, ctx):
+        # With tasks left, remember it: containerd 2.x does not send another
+        # Shutdown after deleting the tasks of a pod's sandbox shim (the
+        # Go shim forgets it, and such a shim stays behind).
+        self.shutdown_asked = True
+        self._shutdown_if_idle()
+        return EMPTY
+
+    def _shutdown_if_idle(self):
         if not self.containers and self.shutdown_cb is not None:
             # Reply first, then exit (containerd ignores a closed connection).
             self.loop.call_soon(self.shutdown_cb)
-        return EMPTY
 
 
 def _remove_tree(path):

@@ -73,6 +73,9 @@ class FakeRunc:
     async def kill(self, *a, **k):
         self.calls.append(("kill",) + a)
 
+    async def delete(self, *a, **k):
+        self.calls.append(("delete",) + a)
+
 
 @pytest.fixture
 def svc():
@@ -232,3 +235,16 @@ def test_kill_and_resize_of_stopped_exec(svc):
     assert (e.value.code, e.value.message) == (2, "cannot resize a stopped container")
     d = run(svc.delete(pb.DeleteRequest(id="c1", exec_id="e1"), None))
     assert (d.pid, d.exit_status, d.exited_at.seconds) == (EXEC_PID, 0, 3)
+
+
+def test_shutdown_with_tasks_left_is_kept_until_the_last_delete(svc):
+    calls = []
+    svc.shutdown_cb = lambda: calls.append("shutdown")
+    run(svc.shutdown(pb.ShutdownRequest(), None))
+    settle()
+    assert calls == []                  # a task is left: the shim stays
+    svc._on_exit(INIT_PID, 0, 1.0)
+    settle()
+    run(svc.delete(pb.DeleteRequest(id="c1"), None))
+    settle()
+    assert calls == ["shutdown"]        # the last Delete ends it
