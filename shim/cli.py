@@ -32,6 +32,7 @@ EPERM = 1
 SIGKILL = 9
 SIGTERM = 15
 SIGINT = 2
+SIGUSR1 = 10
 
 USAGE = """Usage of %s:
   -address string       grpc address back to containerd
@@ -493,7 +494,8 @@ def _fork_serve(flags, sock, debug, env_add):
         # A SIGTERM that arrives before the loop reads signals must wait for
         # it (signalfd), not kill the shim before it removes its socket.
         import _signal
-        _signal.pthread_sigmask(_signal.SIG_BLOCK, {SIGTERM, SIGINT})
+        # SIGUSR1 (state dump) likewise: its default action would kill us.
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, {SIGTERM, SIGINT, SIGUSR1})
         os.setsid()
         from shim import _native
         orig = sys.orig_argv if hasattr(sys, "orig_argv") else []

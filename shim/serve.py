@@ -10,6 +10,7 @@ from shim.reaper import Reaper
 from shim.task import TaskService
 
 SIGINT = 2
+SIGUSR1 = 10
 SIGTERM = 15
 TASK_SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
 
@@ -72,6 +73,11 @@ def serve(flags, listen_fd):
         shutdown()
     loop.add_signal(SIGTERM, on_term)
     loop.add_signal(SIGINT, on_term)
+
+    def on_usr1(signo):
+        from shim.diag import dump_state        # only when asked: no start-up cost
+        dump_state(service, server, publisher, log)
+    loop.add_signal(SIGUSR1, on_usr1)
     log.debug("serving %s on %s" % (flags.id, socket_path))
     loop.run_forever()
     os._exit(0)
