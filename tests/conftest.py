@@ -50,8 +50,8 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     if rep.failed and rep.when in ("call", "setup"):
-        for name in ("fresh_containerd", "containerd"):
-            c = getattr(item, "funcargs", {}).get(name)
+        # fresh_containerd and containerd, and a module's own (e.g. criu_containerd).
+        for name, c in sorted(getattr(item, "funcargs", {}).items()):
             if isinstance(c, Containerd):
                 rep.sections.append(("%s log (%s, last 40 lines)" % (name, c.log_path),
                                      c.log_text(tail=40)))

@@ -262,6 +262,25 @@ def _is_debian(e, codename):
     return False
 
 
+def debian_archive(entries=None):
+    """(uri, signed_by) of this machine's main Debian archive: the first
+    Debian `deb` entry (as derive_deb_src tells them) that is not the
+    security archive. signed_by may be ''. None when there is no such entry.
+    For private apt setups of other Debian suites (support/criu.py)."""
+    if entries is None:
+        entries = apt_entries()
+    codename = _codename()
+    for e in entries:
+        if not _is_debian(e, codename):
+            continue
+        if not [s for s in e["suites"] if not s.endswith("-security")]:
+            continue
+        for uri in e["uris"]:
+            if not uri.rstrip("/").endswith("-security"):
+                return uri, e["signed-by"]
+    return None
+
+
 def derive_deb_src(entries):
     """deb822 text with the deb-src entries the Debian deb entries lack ('' if none)."""
     have = {(u.rstrip("/"), s) for e in entries if "deb-src" in e["types"]
