@@ -25,6 +25,7 @@ from support.containerd import (CRI_GO_HANDLER, CRI_NAMESPACE, CRI_PY_HANDLER, P
 # support.cri needs grpcio only for CRIClient (checked by the fixture).
 from support.cri import (CONTAINER_EXITED, CONTAINER_RUNNING, NS_NODE, SANDBOX_NOTREADY,
                          SANDBOX_READY, CRIError, StreamClient)
+from support.helpers import address_of
 
 pytestmark = pytest.mark.integration
 
@@ -261,7 +262,7 @@ def test_one_pod_three_containers_one_pyshim(containerd, pods):
     for cid in ids:
         spec = json.loads(read_text(os.path.join(c.bundle(cid, CRI_NAMESPACE), "config.json")))
         assert spec["annotations"]["io.kubernetes.cri.sandbox-id"] == pod.id
-    addresses = {read_text(os.path.join(c.bundle(i, CRI_NAMESPACE), "address"))
+    addresses = {address_of(c, i, CRI_NAMESPACE)
                  for i in [pod.id] + ids}
     assert len(addresses) == 1, addresses
     pids = shim_pids(c)
@@ -289,7 +290,7 @@ def test_three_pods_three_pyshims(containerd, pods):
     pids = shim_pids(c)
     assert len(pids) == 3, "want one pyshim process per pod (3), got %s" % pids
     assert len(shim_pids(c, "go")) == 1
-    addresses = {read_text(os.path.join(c.bundle(p.id, CRI_NAMESPACE), "address")) for p in py}
+    addresses = {address_of(c, p.id, CRI_NAMESPACE) for p in py}
     assert len(addresses) == 3
     for pod in py + [go]:
         for cid in pod.containers:
@@ -545,7 +546,7 @@ def test_stop_remove_leaves_nothing(containerd, pods):
     stubborn = pods.container(pod, SLEEP, name="stubborn")
     ids = [pod.id, graceful, stubborn]
     [shim] = shim_pids(c)
-    address = read_text(os.path.join(c.bundle(pod.id, CRI_NAMESPACE), "address"))
+    address = address_of(c, pod.id, CRI_NAMESPACE)
     sock = address[len("unix://"):]
     assert os.path.exists(sock)
     # SIGTERM first: the trap ends it with 0, well before the grace period.

@@ -20,7 +20,7 @@ import pytest
 from shim import ttrpc
 from shim.pb import task as pb
 
-from support.containerd import task_service
+from support.containerd import QUIET_ENV, task_service
 from support.helpers import address_of, open_writer, read_until, wait_status
 
 pytestmark = pytest.mark.integration
@@ -41,6 +41,7 @@ class TtyCtr:
         mode[1] &= ~(termios.ONLCR | termios.OCRNL | termios.ONLRET)
         termios.tcsetattr(slave, termios.TCSANOW, mode)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERD_")}
+        env.update(QUIET_ENV)
         env["TERM"] = "xterm"
         try:
             self.proc = subprocess.Popen(containerd._ctr_argv(None, args), stdin=slave,

@@ -19,11 +19,12 @@ def wait_status(c, id, want, timeout=10.0):
         time.sleep(0.05)
 
 
-def address_of(c, id):
+def address_of(c, id, namespace=None):
     """The shim address containerd uses for container `id`: the bundle's
-    `address` file, or `bootstrap.json` where containerd 2.x's Go shim
-    writes only that."""
-    bundle = c.bundle(id)
+    `address` file, or `bootstrap.json` where only that exists (containerd
+    2.x's Go shim; a pod container that 2.3+ gives to its sandbox's shim
+    without a `start`)."""
+    bundle = c.bundle(id, namespace)
     try:
         with open(os.path.join(bundle, "address")) as f:
             return f.read()
