@@ -46,7 +46,7 @@ def state_lines(service, server, publisher):
 
 
 def _memory():
-    """VmRSS, RssAnon, VmHWM from /proc/self/status, as 'k=v' pairs."""
+    """VmRSS, RssAnon, VmHWM and Threads from /proc/self/status, as k=v pairs."""
     out = []
     try:
         with open("/proc/self/status") as f:
