@@ -4,9 +4,10 @@
     mount_all(req.rootfs, rootfs)     # each has .type, .source, .options
     unmount_all(rootfs)               # umount2 until EINVAL; EBUSY retried
 
-Beyond plain mount(2): `loop` (shim/loopdev.py) and overlays whose
-lowerdir= would not fit in a page (relative to their common parent, mounted
-from a thread that chdir'd there).
+Beyond plain mount(2): `loop` (shim/loopdev.py), overlays whose lowerdir=
+would not fit in a page (relative to their common parent, mounted from a
+thread that chdir'd there) and uidmap=/gidmap= idmapped mounts
+(shim/idmap.py).
 
 Blocking calls (mount(2)/umount2(2) are quick); unmount_all may sleep up to
 50 x 50 ms on a busy mount, like containerd's UnmountAll.
@@ -180,10 +181,11 @@ def mount_one(m, target):
         raise MountError(95, "mount %s on %s: fuse mounts (%s) are not supported yet"
                          % (source, target, mtype))
     options, uidmap, gidmap = split_options(options)
-    if uidmap is not None or gidmap is not None:
-        raise MountError(95, "mount %s on %s: idmapped mounts (uidmap=/gidmap=) are not "
-                         "supported yet" % (source, target))
-    return mount_plain(mtype, source, options, target)
+    if uidmap is None and gidmap is None:
+        return mount_plain(mtype, source, options, target)
+    # Imported here: only user-namespaced containers pay for it.
+    from shim import idmap
+    return idmap.mount_idmapped(mtype, source, options, target, uidmap, gidmap)
 
 
 def mount_plain(mtype, source, options, target):
