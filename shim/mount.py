@@ -96,7 +96,7 @@ def split_options(options):
     uidmap = gidmap = None
     for o in options or ():
         if o.startswith("X-containerd."):
-            raise MountError(EINVAL, "internal mount option %s was not consumed by "
+            raise MountError(EINVAL, 'internal mount option "%s" was not consumed by '
                              "the mount manager" % o)
         if o.startswith("uidmap="):
             uidmap = o[len("uidmap="):]
@@ -199,7 +199,8 @@ def mount_plain(mtype, source, options, target):
             flags, data, remount_ro, loop = parse_options(options)
     # mount(2) reads one page of data and cuts its last byte for the NUL.
     if len(data) >= PAGE_SIZE:
-        raise MountError(EINVAL, "mount options is too long")
+        raise MountError(EINVAL, "mount %s on %s: mount options is too long (%d bytes, "
+                         "mount(2) takes %d)" % (source, target, len(data), PAGE_SIZE - 1))
     stacked = 0
     if not (flags & MS_REMOUNT) or data:
         if loop:
@@ -209,7 +210,7 @@ def mount_plain(mtype, source, options, target):
         stacked = 0 if flags & MS_REMOUNT else 1
     if remount_ro:
         try:
-            _mount("", target, "", flags | MS_REMOUNT, "", what="(remount read-only)")
+            _mount("", target, "", flags | MS_REMOUNT, "", what=source + " (read-only remount)")
         except OSError:
             if stacked:
                 _umount_quiet(target)

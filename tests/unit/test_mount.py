@@ -109,7 +109,7 @@ def test_mount_error_says_what_was_asked(fake):
     fake.fail_at = 3            # the remount after the bind
     with pytest.raises(mount.MountError) as ei:
         mount.mount_one(M(type="bind", source="/s", options=["bind", "ro"]), "/t")
-    assert str(ei.value).startswith("mount (remount read-only) on /t: Invalid argument")
+    assert str(ei.value).startswith("mount /s (read-only remount) on /t: Invalid argument")
     assert fake.stack == []
 
 
@@ -128,7 +128,8 @@ def test_mount_rejects_long_data_and_unsupported(fake):
     with pytest.raises(OSError) as ei:
         mount.mount_all([M(type="tmpfs", source="tmpfs",
                            options=["size=1m," + "x" * 4096])], "/t")
-    assert str(ei.value) == "mount options is too long"
+    assert str(ei.value) == ("mount tmpfs on /t: mount options is too long (4104 bytes, "
+                             "mount(2) takes %d)" % (mount.PAGE_SIZE - 1))
     # Even an overlay, when its lowerdirs share no parent below /.
     with pytest.raises(OSError, match="too long"):
         mount.mount_all([M(type="overlay", source="overlay",
@@ -155,7 +156,7 @@ def test_x_containerd_options_are_refused(fake):
         with pytest.raises(mount.MountError) as ei:
             mount.mount_all([M(type="tmpfs", source="tmpfs", options=["size=1m", opt])], "/t")
         assert ei.value.errno == 22
-        assert str(ei.value) == ("internal mount option %s was not consumed by the mount "
+        assert str(ei.value) == ('internal mount option "%s" was not consumed by the mount '
                                  "manager" % opt)
     assert fake.calls == []
     # Only that exact prefix: other X- words are the filesystem's.
