@@ -389,7 +389,8 @@ def userns_fd(uid_map, gid_map):
         if unshare(CLONE_NEWUSER) != 0:
             err = errno
         write(ready[1], &err, sizeof(int))
-        read(hold[0], &c, 1)
+        while read(hold[0], &c, 1) < 0 and errno == EINTR:
+            pass
         _exit(0)
     err = errno
     close(ready[1])
@@ -401,7 +402,10 @@ def userns_fd(uid_map, gid_map):
     fd = -1
     try:
         err = 0
-        n = read(ready[0], &err, sizeof(int))
+        while True:
+            n = read(ready[0], &err, sizeof(int))
+            if n >= 0 or errno != EINTR:
+                break
         if n != sizeof(int):
             raise OSError(5, "user namespace helper died")
         if err != 0:
