@@ -237,3 +237,27 @@ def test_real_idmapped_overlay(tmp_path):
     finally:
         mount.unmount_all(target)
     assert sorted(os.listdir(tmp_path)) == ["rootfs", "snapshots", "up", "work"]
+
+
+def test_real_idmapped_bind(tmp_path):
+    # The overlay snapshotter's single-layer case: a bind mount with the maps.
+    why = idmap_unsupported(str(tmp_path))
+    if why:
+        pytest.skip(why)
+    src = tmp_path / "fs"
+    src.mkdir()
+    (src / "f").write_text("x")
+    os.chown(src / "f", 7, 8)
+    target = str(tmp_path / "rootfs")
+    os.mkdir(target)
+    try:
+        mount.mount_all([M(type="bind", source=str(src), options=["rbind", "ro", UIDS, GIDS])],
+                        target)
+        st = os.stat(os.path.join(target, "f"))
+        assert (st.st_uid, st.st_gid) == (100007, 200008)
+        with pytest.raises(OSError):
+            open(os.path.join(target, "g"), "w")        # still read-only
+    finally:
+        mount.unmount_all(target)
+    assert not os.path.ismount(target)
+    assert os.stat(src / "f").st_uid == 7
