@@ -56,6 +56,10 @@ cdef extern from "<unistd.h>" nogil:
 
 cdef extern from "<fcntl.h>" nogil:
     int fcntl(int fd, int cmd, ...)
+    int c_open "open"(const char *path, int flags, ...)
+    int O_RDWR
+    int O_RDONLY
+    int O_WRONLY
     int F_DUPFD_CLOEXEC
     int F_GETFD
     int F_SETFD
@@ -103,6 +107,36 @@ cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
         void *iov_base
         size_t iov_len
+
+cdef extern from "<sched.h>" nogil:
+    int unshare(int flags)
+    int CLONE_FS
+    int CLONE_NEWUSER
+
+cdef extern from "<sys/wait.h>" nogil:
+    pid_t waitpid(pid_t pid, int *status, int options)
+
+ctypedef void *(*_thread_fn)(void *) noexcept nogil
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    int pthread_create(pthread_t *t, const void *attr, _thread_fn fn, void *arg)
+    int pthread_join(pthread_t t, void **ret)
+
+cdef extern from "<linux/loop.h>" nogil:
+    int LOOP_CTL_GET_FREE
+    int LOOP_CONFIGURE
+    int LOOP_SET_FD
+    int LOOP_CLR_FD
+    int LOOP_SET_STATUS64
+    int LO_NAME_SIZE
+    struct loop_info64:
+        unsigned int lo_flags
+        unsigned char lo_file_name[64]
+    struct loop_config:
+        unsigned int fd
+        unsigned int block_size
+        loop_info64 info
 
 
 def set_child_subreaper(bint on=True):
@@ -231,6 +265,224 @@ def recv_fd(int sock, size_t maxname=4096):
         return fd, buf[:n]
     finally:
         free(buf)
+
+
+def loop_get_free():
+    """LOOP_CTL_GET_FREE: the number of a free loop device (the kernel adds
+    one if none is free)."""
+    cdef int ctl = c_open(b"/dev/loop-control", O_RDWR | O_CLOEXEC)
+    if ctl < 0:
+        raise OSError(errno, "open /dev/loop-control failed")
+    cdef int n = ioctl(ctl, LOOP_CTL_GET_FREE)
+    cdef int err = errno
+    close(ctl)
+    if n < 0:
+        raise OSError(err, "LOOP_CTL_GET_FREE failed")
+    return n
+
+
+def loop_configure(int loop_fd, int backing_fd, name, unsigned int flags):
+    """Bind backing_fd to the open loop device loop_fd with lo_flags `flags`
+    (LO_FLAGS_*), in one LOOP_CONFIGURE (Linux 5.8+) or, where the kernel
+    lacks it, LOOP_SET_FD + LOOP_SET_STATUS64 (undone if the second fails).
+    `name` is what /sys/block/loopN/loop/backing_file reports."""
+    cdef loop_config cfg
+    cdef bytes bn = _b(name)[:LO_NAME_SIZE - 1]
+    cdef int err
+    memset(&cfg, 0, sizeof(cfg))
+    cfg.fd = backing_fd
+    cfg.info.lo_flags = flags
+    memcpy(cfg.info.lo_file_name, <const char *>bn, len(bn))
+    if ioctl(loop_fd, LOOP_CONFIGURE, &cfg) == 0:
+        return
+    err = errno
+    if err != 22 and err != 25:          # EINVAL/ENOTTY: no LOOP_CONFIGURE
+        raise OSError(err, "LOOP_CONFIGURE failed")
+    if ioctl(loop_fd, LOOP_SET_FD, backing_fd) != 0:
+        raise OSError(errno, "LOOP_SET_FD failed")
+    if ioctl(loop_fd, LOOP_SET_STATUS64, &cfg.info) != 0:
+        err = errno
+        ioctl(loop_fd, LOOP_CLR_FD, 0)
+        raise OSError(err, "LOOP_SET_STATUS64 failed")
+
+
+def loop_clear(int loop_fd):
+    """LOOP_CLR_FD: detach the backing file (or, on a mounted device with
+    autoclear, detach once the last user closes it)."""
+    if ioctl(loop_fd, LOOP_CLR_FD, 0) != 0:
+        raise OSError(errno, "LOOP_CLR_FD failed")
+
+
+cdef struct _mount_args:
+    const char *dir
+    const char *source
+    const char *target
+    const char *fstype
+    const char *data
+    unsigned long flags
+    int err
+
+
+cdef void *_mount_in_dir(void *p) noexcept nogil:
+    # A thread of its own with its own cwd (unshare(CLONE_FS)): the serving
+    # process's cwd never moves. The thread ends right after.
+    cdef _mount_args *a = <_mount_args *>p
+    a.err = 0
+    if unshare(CLONE_FS) != 0 or chdir(a.dir) != 0 \
+            or c_mount(a.source, a.target, a.fstype, a.flags, a.data) != 0:
+        a.err = errno
+    return NULL
+
+
+def mount_in_dir(dir, source, target, fstype, unsigned long flags, data):
+    """mount(2) with relative paths in `data` resolved from `dir`: done on a
+    short-lived native thread that chdir's there (overlay lowerdirs that
+    would not fit in one page as absolute paths)."""
+    cdef bytes bdir = _b(dir), bs = _b(source), bt = _b(target), bf = _b(fstype), bd = _b(data)
+    cdef _mount_args a
+    cdef pthread_t t
+    cdef int rc
+    a.dir = bdir
+    a.source = bs
+    a.target = bt
+    a.fstype = bf
+    a.data = bd
+    a.flags = flags
+    a.err = 0
+    with nogil:
+        rc = pthread_create(&t, NULL, _mount_in_dir, &a)
+        if rc == 0:
+            pthread_join(t, NULL)
+    if rc != 0:
+        raise OSError(rc, "pthread_create failed")
+    if a.err != 0:
+        raise OSError(a.err, "mount %s on %s (in %s) failed" % (source, target, dir))
+
+
+def userns_fd(uid_map, gid_map):
+    """An fd of a new user namespace with these mappings (text in
+    /proc/<pid>/uid_map format, one "inside outside count" line each).
+
+    A forked child unshares CLONE_NEWUSER and waits on a pipe while this
+    process writes its maps and opens its ns/user; then the child is let go
+    and reaped here, before the event loop runs again (so the reaper never
+    sees it). The fd keeps the namespace alive after the child is gone."""
+    cdef bytes bu = _b(uid_map), bg = _b(gid_map)
+    cdef int ready[2]
+    cdef int hold[2]
+    cdef int err = 0, status
+    cdef pid_t pid
+    cdef char c
+    cdef ssize_t n
+    if pipe2(ready, O_CLOEXEC) != 0:
+        raise OSError(errno, "pipe2")
+    if pipe2(hold, O_CLOEXEC) != 0:
+        err = errno
+        close(ready[0])
+        close(ready[1])
+        raise OSError(err, "pipe2")
+    pid = fork()
+    if pid == 0:
+        # Child: async-signal-safe calls only.
+        close(hold[1])
+        prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+        if unshare(CLONE_NEWUSER) != 0:
+            err = errno
+        write(ready[1], &err, sizeof(int))
+        while read(hold[0], &c, 1) < 0 and errno == EINTR:
+            pass
+        _exit(0)
+    err = errno
+    close(ready[1])
+    close(hold[0])
+    if pid < 0:
+        close(ready[0])
+        close(hold[1])
+        raise OSError(err, "fork")
+    fd = -1
+    try:
+        err = 0
+        while True:
+            n = read(ready[0], &err, sizeof(int))
+            if n >= 0 or errno != EINTR:
+                break
+        if n != sizeof(int):
+            raise OSError(5, "user namespace helper died")
+        if err != 0:
+            raise OSError(err, "unshare(CLONE_NEWUSER) failed")
+        _write_file(b"/proc/%d/uid_map" % pid, bu)
+        _write_file(b"/proc/%d/gid_map" % pid, bg)
+        fd = c_open(b"/proc/%d/ns/user" % pid, O_RDONLY | O_CLOEXEC)
+        if fd < 0:
+            raise OSError(errno, "open /proc/%d/ns/user failed" % pid)
+        return fd
+    finally:
+        close(ready[0])
+        close(hold[1])
+        with nogil:
+            while waitpid(pid, &status, 0) < 0 and errno == EINTR:
+                pass
+
+
+cdef _write_file(bytes path, bytes data):
+    cdef int fd = c_open(path, O_WRONLY | O_CLOEXEC)
+    cdef ssize_t n
+    cdef int err
+    if fd < 0:
+        raise OSError(errno, "open %s failed" % path.decode())
+    n = write(fd, <const char *>data, len(data))
+    err = errno
+    close(fd)
+    if n != <ssize_t>len(data):
+        raise OSError(err if n < 0 else 5, "write %s failed" % path.decode())
+
+
+cdef struct _mount_attr:
+    unsigned long long attr_set
+    unsigned long long attr_clr
+    unsigned long long propagation
+    unsigned long long userns_fd
+
+# The new mount API: the same syscall numbers on every architecture (5.2+).
+cdef enum:
+    _SYS_open_tree = 428
+    _SYS_move_mount = 429
+    _SYS_mount_setattr = 442
+    _AT_FDCWD = -100
+    _AT_EMPTY_PATH = 0x1000
+    _AT_RECURSIVE = 0x8000
+    _OPEN_TREE_CLONE = 1
+    _MOVE_MOUNT_F_EMPTY_PATH = 4
+    _MOUNT_ATTR_IDMAP = 0x100000
+    _MS_PRIVATE = 1 << 18
+
+
+def idmap_clone(source, target, int userns, unsigned long long attr_set=0):
+    """Clone the mount tree at `source` (open_tree OPEN_TREE_CLONE|
+    AT_RECURSIVE), idmap it to user namespace fd `userns` plus MOUNT_ATTR_*
+    `attr_set` (mount_setattr, private propagation) and attach it on
+    `target` (move_mount)."""
+    cdef bytes bs = _b(source), bt = _b(target)
+    cdef _mount_attr attr
+    cdef long fd
+    cdef int err
+    fd = syscall(_SYS_open_tree, <int>_AT_FDCWD, <const char *>bs,
+                 <unsigned int>(_OPEN_TREE_CLONE | O_CLOEXEC | _AT_RECURSIVE))
+    if fd < 0:
+        raise OSError(errno, "open_tree %s failed" % (source,))
+    memset(&attr, 0, sizeof(attr))
+    attr.attr_set = _MOUNT_ATTR_IDMAP | attr_set
+    attr.propagation = _MS_PRIVATE
+    attr.userns_fd = userns
+    try:
+        if syscall(_SYS_mount_setattr, <int>fd, <const char *>b"",
+                   <unsigned int>(_AT_EMPTY_PATH | _AT_RECURSIVE), &attr, sizeof(attr)) != 0:
+            raise OSError(errno, "mount_setattr(MOUNT_ATTR_IDMAP) on %s failed" % (source,))
+        if syscall(_SYS_move_mount, <int>fd, <const char *>b"", <int>_AT_FDCWD,
+                   <const char *>bt, <unsigned int>_MOVE_MOUNT_F_EMPTY_PATH) != 0:
+            raise OSError(errno, "move_mount %s to %s failed" % (source, target))
+    finally:
+        close(fd)
 
 
 cdef bytes _b(s):

@@ -4,6 +4,11 @@
     mount_all(req.rootfs, rootfs)     # each has .type, .source, .options
     unmount_all(rootfs)               # umount2 until EINVAL; EBUSY retried
 
+Beyond plain mount(2): `loop` (shim/loopdev.py), overlays whose lowerdir=
+would not fit in a page (relative to their common parent, mounted from a
+thread that chdir'd there) and uidmap=/gidmap= idmapped mounts
+(shim/idmap.py).
+
 Blocking calls (mount(2)/umount2(2) are quick); unmount_all may sleep up to
 50 x 50 ms on a busy mount, like containerd's UnmountAll.
 """
@@ -70,6 +75,38 @@ class MountError(OSError):
         return self.strerror or OSError.__str__(self)
 
 
+def _error(e, what):
+    """MountError for OSError `e` raised while doing `what`."""
+    if isinstance(e, MountError):
+        return e
+    err = e.errno or EINVAL
+    text = os.strerror(err)
+    # Native calls say which step failed (their strerror is that text).
+    if e.strerror and e.strerror != text:
+        return MountError(err, "%s: %s: %s" % (what, e.strerror, text))
+    return MountError(err, "%s: %s" % (what, text))
+
+
+def split_options(options):
+    """(options, uidmap, gidmap): uidmap=/gidmap= taken out (None when not
+    given). An X-containerd.* option is containerd's own (for its mount
+    manager) and must never reach mount(2): as containerd 2.3+, it is
+    refused rather than mounted without."""
+    rest = []
+    uidmap = gidmap = None
+    for o in options or ():
+        if o.startswith("X-containerd."):
+            raise MountError(EINVAL, 'internal mount option "%s" was not consumed by '
+                             "the mount manager" % o)
+        if o.startswith("uidmap="):
+            uidmap = o[len("uidmap="):]
+        elif o.startswith("gidmap="):
+            gidmap = o[len("gidmap="):]
+        else:
+            rest.append(o)
+    return rest, uidmap, gidmap
+
+
 def parse_options(options):
     """Split mount options into (flags, data, needs_remount_ro, loop).
 
@@ -95,9 +132,47 @@ def parse_options(options):
     return flags, ",".join(data), remount_ro, loop
 
 
+def lowerdirs(options):
+    """(index, dirs) of the overlay lowerdir= option; (-1, []) if none."""
+    for i, o in enumerate(options):
+        if o.startswith("lowerdir="):
+            return i, o[len("lowerdir="):].split(":")
+    return -1, []
+
+
+def common_parent(dirs):
+    """The directory above the longest common prefix of `dirs` ("" if that
+    is "/" or nothing): snapshot dirs are <root>/snapshots/<n>/fs, and
+    <n> of 10 and 11 share "1" without sharing a directory."""
+    if not dirs:
+        return ""
+    lo, hi = min(dirs), max(dirs)
+    n = 0
+    while n < len(lo) and n < len(hi) and lo[n] == hi[n]:
+        n += 1
+    parent = os.path.dirname(lo[:n])
+    return "" if parent in ("", "/", ".") else parent
+
+
+def compact_lowerdirs(options):
+    """(dir, options) with lowerdir= made relative to `dir`, the common
+    parent of the lowerdirs; ("", options) when they cannot be."""
+    i, dirs = lowerdirs(options)
+    if len(dirs) < 2:
+        return "", options
+    parent = common_parent(dirs)
+    if not parent:
+        return "", options
+    cut = len(parent) + 1
+    if any(len(d) <= cut or d[cut - 1] != "/" for d in dirs):
+        return "", options
+    rel = "lowerdir=" + ":".join(d[cut:] for d in dirs)
+    return parent, options[:i] + [rel] + options[i + 1:]
+
+
 def mount_one(m, target):
     """Mount one containerd Mount (type/source/options) on target.
-    Returns the number of mounts stacked on target (0 or 1)."""
+    Returns the number of mounts stacked on target."""
     mtype = getattr(m, "type", "") or ""
     source = getattr(m, "source", "") or ""
     options = list(getattr(m, "options", None) or ())
@@ -105,27 +180,75 @@ def mount_one(m, target):
         # TODO: run mount.fuse / mount.fuse3 <source> <target> -o ... -t <subtype>
         raise MountError(95, "mount %s on %s: fuse mounts (%s) are not supported yet"
                          % (source, target, mtype))
+    options, uidmap, gidmap = split_options(options)
+    if uidmap is None and gidmap is None:
+        return mount_plain(mtype, source, options, target)
+    # Imported here: only user-namespaced containers pay for it.
+    from shim import idmap
+    return idmap.mount_idmapped(mtype, source, options, target, uidmap, gidmap)
+
+
+def mount_plain(mtype, source, options, target):
+    """mount_one without uidmap/gidmap. Returns the mounts stacked (0/1)."""
     flags, data, remount_ro, loop = parse_options(options)
-    if loop:
-        # TODO: attach source to a loop device (LOOP_CTL_GET_FREE, autoclear).
-        raise MountError(95, "mount %s on %s: loop mounts are not supported yet"
-                         % (source, target))
-    if len(data) > PAGE_SIZE:
-        # TODO: overlay with a long lowerdir= (Go chdir's to the common parent
-        # in a child and passes relative lowerdirs).
-        raise MountError(EINVAL, "mount options is too long")
+    chdir = ""
+    # containerd's margin: compact well before the page is full.
+    if mtype == "overlay" and len(data) >= PAGE_SIZE - 512:
+        chdir, options = compact_lowerdirs(options)
+        if chdir:
+            flags, data, remount_ro, loop = parse_options(options)
+    # mount(2) reads one page of data and cuts its last byte for the NUL.
+    if len(data) >= PAGE_SIZE:
+        raise MountError(EINVAL, "mount %s on %s: mount options is too long (%d bytes, "
+                         "mount(2) takes %d)" % (source, target, len(data), PAGE_SIZE - 1))
     stacked = 0
     if not (flags & MS_REMOUNT) or data:
-        _native.mount(source, target, mtype, flags, data)
+        if loop:
+            _mount_loop(source, target, mtype, flags, data)
+        else:
+            _mount(source, target, mtype, flags, data, chdir)
         stacked = 0 if flags & MS_REMOUNT else 1
     if remount_ro:
         try:
-            _native.mount("", target, "", flags | MS_REMOUNT, "")
+            _mount("", target, "", flags | MS_REMOUNT, "", what=source + " (read-only remount)")
         except OSError:
             if stacked:
                 _umount_quiet(target)
             raise
     return stacked
+
+
+def _mount(source, target, mtype, flags, data, chdir="", what=None):
+    """mount(2), from `chdir` if given; a MountError says what was asked."""
+    try:
+        if chdir:
+            _native.mount_in_dir(chdir, source, target, mtype, flags, data)
+        else:
+            _native.mount(source, target, mtype, flags, data)
+    except OSError as e:
+        err = e.errno or EINVAL
+        raise MountError(err, "mount %s on %s: %s (type %s, flags %#x, data %r%s)" % (
+            what or source, target, os.strerror(err), mtype, flags, data,
+            ", lowerdirs relative to " + chdir if chdir else ""))
+
+
+def _mount_loop(source, target, mtype, flags, data):
+    """Mount the image file `source` through a loop device (autoclear: the
+    kernel detaches it when the mount goes, or at our close if the mount
+    failed)."""
+    from shim import loopdev        # only image-file snapshotters need it
+    words = data.split(",") if data else []
+    direct_io = "direct-io" in words
+    if direct_io:
+        data = ",".join(w for w in words if w != "direct-io")
+    try:
+        fd, dev = loopdev.attach(source, readonly=bool(flags & MS_RDONLY), direct_io=direct_io)
+    except OSError as e:
+        raise _error(e, "mount %s on %s: attach %s to a loop device" % (source, target, source))
+    try:
+        _mount(dev, target, mtype, flags, data, what="%s (loop device for %s)" % (dev, source))
+    finally:
+        os.close(fd)
 
 
 def mount_all(mounts, target):

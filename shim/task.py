@@ -216,7 +216,11 @@ class TaskService:
             rootfs = os.path.join(bundle, "rootfs")
             if req.rootfs:
                 os.makedirs(rootfs, 0o711, exist_ok=True)
-                mount.mount_all(req.rootfs, rootfs)
+                try:
+                    mount.mount_all(req.rootfs, rootfs)
+                except OSError as e:
+                    # The Go shim's words; a refused mount is no shim fault.
+                    raise TTRPCError(UNKNOWN, "failed to mount rootfs component: %s" % e)
                 container.rootfs_mounted = True
             runc_mod.write_bundle_options(bundle, opts)
             runc_mod.clear_deleted_mark(bundle)     # a reused bundle dir

@@ -99,6 +99,20 @@ def test_mount_all_in_order(fake):
     assert fake.stack == ["overlay", "/src"]
 
 
+def test_mount_error_says_what_was_asked(fake):
+    fake.fail_at = 1
+    with pytest.raises(mount.MountError) as ei:
+        mount.mount_one(M(type="tmpfs", source="tmpfs", options=["nosuid", "size=1m"]), "/t")
+    assert ei.value.errno == 22
+    assert str(ei.value) == ("mount tmpfs on /t: Invalid argument (type tmpfs, flags 0x2, "
+                             "data 'size=1m')")
+    fake.fail_at = 3            # the remount after the bind
+    with pytest.raises(mount.MountError) as ei:
+        mount.mount_one(M(type="bind", source="/s", options=["bind", "ro"]), "/t")
+    assert str(ei.value).startswith("mount /s (read-only remount) on /t: Invalid argument")
+    assert fake.stack == []
+
+
 def test_mount_all_undoes_on_failure(fake):
     fake.fail_at = 3
     mounts = [M(type="tmpfs", source="a", options=[]),
@@ -112,13 +126,174 @@ def test_mount_all_undoes_on_failure(fake):
 
 def test_mount_rejects_long_data_and_unsupported(fake):
     with pytest.raises(OSError) as ei:
+        mount.mount_all([M(type="tmpfs", source="tmpfs",
+                           options=["size=1m," + "x" * 4096])], "/t")
+    assert str(ei.value) == ("mount tmpfs on /t: mount options is too long (4104 bytes, "
+                             "mount(2) takes %d)" % (mount.PAGE_SIZE - 1))
+    # Even an overlay, when its lowerdirs share no parent below /.
+    with pytest.raises(OSError, match="too long"):
         mount.mount_all([M(type="overlay", source="overlay",
-                           options=["lowerdir=" + "/x" * 4000])], "/t")
-    assert str(ei.value) == "mount options is too long"
-    with pytest.raises(OSError, match="loop"):
-        mount.mount_all([M(type="ext4", source="/img", options=["loop"])], "/t")
+                           options=["lowerdir=" + ":".join("/l%d" % i for i in range(1000))])],
+                        "/t")
     with pytest.raises(OSError, match="fuse"):
         mount.mount_all([M(type="fuse.sshfs", source="x:/", options=[])], "/t")
+    assert fake.calls == []
+
+
+def test_one_page_is_the_limit(fake):
+    # mount(2) reads one page and cuts its last byte for the NUL.
+    with pytest.raises(OSError, match="too long"):
+        mount.mount_one(M(type="tmpfs", source="tmpfs", options=["x" * mount.PAGE_SIZE]), "/t")
+    mount.mount_one(M(type="tmpfs", source="tmpfs", options=["x" * (mount.PAGE_SIZE - 1)]), "/t")
+    assert len(fake.calls) == 1
+
+
+def test_x_containerd_options_are_refused(fake):
+    # containerd's own options (for its mount manager) never reach mount(2):
+    # containerd 2.3+ refuses a mount that still carries one.
+    for opt in ("X-containerd.mkdir.path=/x/upper:0755", "X-containerd.mkfs.fs=ext4",
+                "X-containerd.anything"):
+        with pytest.raises(mount.MountError) as ei:
+            mount.mount_all([M(type="tmpfs", source="tmpfs", options=["size=1m", opt])], "/t")
+        assert ei.value.errno == 22
+        assert str(ei.value) == ('internal mount option "%s" was not consumed by the mount '
+                                 "manager" % opt)
+    assert fake.calls == []
+    # Only that exact prefix: other X- words are the filesystem's.
+    mount.mount_one(M(type="tmpfs", source="tmpfs", options=["X-mount.mkdir", "x-containerd.y"]),
+                    "/t")
+    assert fake.calls[-1][-1] == "X-mount.mkdir,x-containerd.y"
+
+
+def test_split_options():
+    assert mount.split_options(["ro", "uidmap=0:1:2", "lowerdir=/a", "gidmap=0:3:4"]) == \
+        (["ro", "lowerdir=/a"], "0:1:2", "0:3:4")
+    assert mount.split_options(None) == ([], None, None)
+    assert mount.split_options(["uidmap="]) == ([], "", None)
+
+
+def test_common_parent():
+    cp = mount.common_parent
+    assert cp(["/s/snapshots/10/fs", "/s/snapshots/11/fs"]) == "/s/snapshots"
+    assert cp(["/s/snapshots/1/fs", "/s/snapshots/2/fs"]) == "/s/snapshots"
+    assert cp(["/s/snapshots/1/fs"]) == "/s/snapshots/1"
+    assert cp(["/a/x", "/b/x"]) == ""
+    assert cp(["/ab", "/ac"]) == ""
+    assert cp(["a/1", "a/2"]) == "a"
+    assert cp(["x1", "x2"]) == ""
+    assert cp([]) == ""
+
+
+def test_compact_lowerdirs():
+    opts = ["index=off", "lowerdir=/s/snapshots/12/fs:/s/snapshots/3/fs", "upperdir=/s/u"]
+    assert mount.compact_lowerdirs(opts) == \
+        ("/s/snapshots", ["index=off", "lowerdir=12/fs:3/fs", "upperdir=/s/u"])
+    # Nothing to gain or nothing shared: unchanged.
+    for o in (["lowerdir=/s/snapshots/1/fs"], ["lowerdir=/a/1:/b/2"], ["upperdir=/u"],
+              ["lowerdir=/x1:/x2"]):
+        assert mount.compact_lowerdirs(o) == ("", o)
+
+
+def test_long_overlay_is_mounted_relative_to_the_common_parent(fake, monkeypatch):
+    root = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots"
+    lowers = ["%s/%d/fs" % (root, n) for n in range(300, 100, -1)]
+    opts = ["index=off", "workdir=%s/301/work" % root, "upperdir=%s/301/fs" % root,
+            "lowerdir=" + ":".join(lowers)]
+    assert len(",".join(opts)) > 3 * mount.PAGE_SIZE
+    got = []
+    monkeypatch.setattr(mount._native, "mount_in_dir",
+                        lambda *a: (got.append(a), fake.stack.append("overlay")))
+    assert mount.mount_one(M(type="overlay", source="overlay", options=opts), "/b/rootfs") == 1
+    rel = "lowerdir=" + ":".join("%d/fs" % n for n in range(300, 100, -1))
+    assert got == [(root, "overlay", "/b/rootfs", "overlay", 0,
+                    ",".join(opts[:3] + [rel]))]
+    assert fake.calls == []
+    # Short ones are left as they are (mountinfo shows the real paths).
+    mount.mount_one(M(type="overlay", source="overlay", options=opts[:3] + [
+        "lowerdir=" + ":".join(lowers[:3])]), "/b/rootfs")
+    assert fake.calls[-1][5].endswith(":".join(lowers[:3]))
+    assert len(got) == 1
+
+
+def test_long_overlay_mount_error(fake, monkeypatch):
+    def fail(*a):
+        raise OSError(2, "mount overlay on /b/rootfs (in /s) failed")
+    monkeypatch.setattr(mount._native, "mount_in_dir", fail)
+    opts = ["lowerdir=" + ":".join("/s/%d/fs" % n for n in range(100, 600))]
+    with pytest.raises(mount.MountError) as ei:
+        mount.mount_all([M(type="overlay", source="overlay", options=opts)], "/b/rootfs")
+    assert ei.value.errno == 2
+    rel = ":".join("%d/fs" % n for n in range(100, 600))
+    assert str(ei.value) == ("mount overlay on /b/rootfs: No such file or directory (type overlay, "
+                             "flags 0x0, data 'lowerdir=%s', lowerdirs relative to /s)" % rel)
+
+
+class FakeLoop:
+    def __init__(self):
+        self.r, self.w = os.pipe()          # stands for the loop device fd
+        self.attached = []
+
+    def attach(self, source, readonly=False, direct_io=False):
+        self.attached.append((source, readonly, direct_io))
+        return self.r, "/dev/loop7"
+
+    def closed(self):
+        try:
+            os.fstat(self.r)
+            return False
+        except OSError:
+            return True
+
+
+@pytest.fixture
+def fake_loop(monkeypatch):
+    from shim import loopdev
+    f = FakeLoop()
+    monkeypatch.setattr(loopdev, "attach", f.attach)
+    yield f
+    for fd in (f.r, f.w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def test_loop_mounts_the_device_and_closes_it(fake, fake_loop):
+    mount.mount_all([M(type="erofs", source="/s/layer.erofs", options=["ro", "loop"])], "/t")
+    assert fake_loop.attached == [("/s/layer.erofs", True, False)]
+    assert fake.calls == [("mount", "/dev/loop7", "/t", "erofs", MS_RDONLY, "")]
+    # Autoclear: the mount holds the device from now on.
+    assert fake_loop.closed()
+
+
+def test_loop_direct_io_and_rw(fake, fake_loop):
+    mount.mount_one(M(type="ext4", source="/img", options=["loop", "direct-io", "noatime",
+                                                            "errors=remount-ro"]), "/t")
+    assert fake_loop.attached == [("/img", False, True)]
+    assert fake.calls == [("mount", "/dev/loop7", "/t", "ext4", MS_NOATIME, "errors=remount-ro")]
+
+
+def test_loop_mount_failure_releases_the_device(fake, fake_loop):
+    fake.fail_at = 1
+    with pytest.raises(mount.MountError) as ei:
+        mount.mount_all([M(type="ext4", source="/img", options=["loop"])], "/t")
+    assert fake_loop.closed()           # autoclear detaches it at this close
+    assert ei.value.errno == 22
+    assert str(ei.value) == ("mount /dev/loop7 (loop device for /img) on /t: Invalid argument "
+                             "(type ext4, flags 0x0, data '')")
+    assert fake.stack == []
+
+
+def test_loop_attach_failure(fake, monkeypatch):
+    from shim import loopdev
+
+    def fail(*a, **k):
+        raise OSError(2, "No such file or directory")
+    monkeypatch.setattr(loopdev, "attach", fail)
+    with pytest.raises(mount.MountError) as ei:
+        mount.mount_one(M(type="ext4", source="/img", options=["loop"]), "/t")
+    assert str(ei.value) == "mount /img on /t: attach /img to a loop device: " \
+        "No such file or directory"
     assert fake.calls == []
 
 
