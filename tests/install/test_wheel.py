@@ -64,9 +64,14 @@ def test_wheel_installs_without_compiler_and_runs_a_container(wheel, tmp_path):
         assert (r.returncode, r.stdout) == (0, "from wheel\n"), r.stderr
         c.ctr("run", "-d", "--runtime", PY_RUNTIME, image, "wheel2", "sleep", "60")
         assert wait_status(c, "wheel2", "RUNNING") == "RUNNING"
-        serving = [argv for _pid, argv in c.shims(id="wheel2")]
-        assert serving and all(any(a.startswith(bin_dir) for a in argv) for argv in serving), \
-            serving
+        serving = c.shims(id="wheel2")
+        assert serving and all(any(a.startswith(bin_dir) for a in argv)
+                               for _pid, argv in serving), serving
+        # ... and runs the wheel's code: its native module is mapped from the venv.
+        for pid, _argv in serving:
+            with open("/proc/%d/maps" % pid) as f:
+                native = {line.split()[-1] for line in f if "/shim/_native" in line}
+            assert native and all(m.startswith(str(venv)) for m in native), native
     finally:
         problems = c.cleanup()
     assert not problems, problems
