@@ -20,7 +20,7 @@ import pytest
 from shim import ttrpc
 from shim.pb import task as pb
 
-from support.containerd import QUIET_ENV, task_service
+from support.containerd import GO_RUNTIME, QUIET_ENV, task_service
 from support.helpers import address_of, open_writer, read_until, wait_status
 
 pytestmark = pytest.mark.integration
@@ -184,6 +184,12 @@ def test_tty_large_output_not_lost(containerd, image, make_cid, runtime, how):
             containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
             wait_status(containerd, cid, "STOPPED")
     assert code == 0
+    if runtime == GO_RUNTIME and len(out) < len(expected):
+        # The Go shim may drop the tail of a tty's output when the machine
+        # is busy (seen in CI with containerd 1.6.20 and 2.3.4): what it
+        # delivered must still be an exact prefix. pyshim must lose nothing.
+        assert expected.startswith(out) and len(out) > len(expected) // 2, len(out)
+        return
     assert len(out) == len(expected)
     assert hashlib.sha256(out).hexdigest() == hashlib.sha256(expected).hexdigest()
 
