@@ -12,6 +12,7 @@ from shim.task import TaskService
 SIGINT = 2
 SIGTERM = 15
 TASK_SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
+DRAIN_TIMEOUT = 10.0        # seconds an exiting shim waits for requests in flight
 
 
 def _socket_path(bundle):
@@ -35,7 +36,7 @@ def serve(flags, listen_fd):
 
     reaper = Reaper(loop)
     publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), flags.namespace, loop, log)
-    server = ttrpc.Server(loop, log=log)
+    server = ttrpc.Server(loop, log=log, long_polls=("Wait",))
     stopping = []
 
     def shutdown():
@@ -50,6 +51,11 @@ def serve(flags, listen_fd):
                 pass
 
         async def finish():
+            # Requests still in flight (a Kill waiting for runc, the
+            # Shutdown itself) get their replies first, as from Go's ttrpc
+            # server; a Wait of a process that still runs is not waited for.
+            if not await server.drain(DRAIN_TIMEOUT):
+                log.warning("exiting with requests still in flight")
             # Flush queued events (bounded, like Go), then leave.
             try:
                 await wait_for(publisher.wait_idle(), 5.0)

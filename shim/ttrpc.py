@@ -8,9 +8,10 @@ completion order.
 """
 import os
 import _socket
+from time import monotonic as _monotonic
 
 from shim import frame as _frame
-from shim.loop import Future, Task, get_loop, wait_for
+from shim.loop import Future, Task, get_loop, sleep, wait_for
 from shim.pb import ttrpc as _pb
 from shim.pb import wkt as _wkt
 
@@ -83,7 +84,7 @@ class Server:
     `async def handler(request, ctx) -> message` (anything with .encode()).
     """
 
-    def __init__(self, loop=None, check_peer=True, log=None):
+    def __init__(self, loop=None, check_peer=True, log=None, long_polls=()):
         self.loop = loop or get_loop()
         self.methods = {}
         self.check_peer = check_peer
@@ -91,6 +92,9 @@ class Server:
         self.listeners = []
         self.connections = set()
         self.on_connection_closed = None
+        # Methods that may wait for ever (Wait: until a process exits); a
+        # drain() does not wait for them.
+        self.long_polls = frozenset(long_polls)
 
     def register(self, service, method, request_cls, handler):
         self.methods[(service, method)] = (request_cls, handler)
@@ -123,6 +127,27 @@ class Server:
         self.close_listeners()
         for conn in list(self.connections):
             conn.close()
+
+    def busy(self):
+        """Whether a request (other than a long poll) is being handled, or a
+        reply is not written yet, on any connection."""
+        for conn in self.connections:
+            if conn.stream.size or any(m not in self.long_polls
+                                       for m, _task in conn.inflight.values()):
+                return True
+        return False
+
+    async def drain(self, timeout, interval=0.02):
+        """Wait until not busy() (at most `timeout` seconds; False if it
+        still is): like Go's Server.Shutdown, a shim that exits lets the
+        requests it is handling finish and their replies go out first. Call
+        close_listeners() before; connections keep being served meanwhile."""
+        deadline = _monotonic() + timeout
+        while self.busy():
+            if _monotonic() >= deadline:
+                return False
+            await sleep(interval)
+        return True
 
     def _accept(self, sock):
         while True:
@@ -175,13 +200,14 @@ def _read_frames(fd, reader):
 
 class _Stream:
     """Buffered non-blocking writer for one socket; frames are written whole
-    and in order."""
-    __slots__ = ("loop", "fd", "out", "closed", "on_error")
+    and in order. `size` is the number of bytes queued but not yet written."""
+    __slots__ = ("loop", "fd", "out", "size", "closed", "on_error")
 
     def __init__(self, loop, fd, on_error):
         self.loop = loop
         self.fd = fd
         self.out = []
+        self.size = 0
         self.closed = False
         self.on_error = on_error
 
@@ -190,6 +216,7 @@ class _Stream:
             return
         if self.out:
             self.out.append(data)
+            self.size += len(data)
             return
         try:
             n = os.write(self.fd, data)
@@ -200,23 +227,31 @@ class _Stream:
             return
         if n < len(data):
             self.out.append(memoryview(data)[n:])
+            self.size += len(data) - n
             self.loop.add_writer(self.fd, self._flush)
 
     def _flush(self):
-        while self.out:
-            data = self.out[0]
-            try:
-                n = os.write(self.fd, data)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.on_error()
-                return
-            if n < len(data):
-                self.out[0] = memoryview(data)[n:]
-                return
-            self.out.pop(0)
-        self.loop.remove_writer(self.fd)
+        out = self.out
+        i = 0
+        try:
+            while i < len(out):
+                data = out[i]
+                try:
+                    n = os.write(self.fd, data)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    self.on_error()
+                    return
+                self.size -= n
+                if n < len(data):
+                    out[i] = memoryview(data)[n:]
+                    return
+                i += 1
+            self.loop.remove_writer(self.fd)
+        finally:
+            if i:
+                del out[:i]     # at once: pop(0) per frame is quadratic
 
 
 class ServerConnection:
@@ -227,7 +262,7 @@ class ServerConnection:
         os.set_blocking(fd, False)
         self.reader = _frame.FrameReader()
         self.stream = _Stream(self.loop, fd, self.close)
-        self.inflight = {}
+        self.inflight = {}          # stream id -> (method, Task), while handled
         self.closed = False
         self.loop.add_reader(fd, self._on_readable)
 
@@ -273,7 +308,7 @@ class ServerConnection:
         timeout = req.timeout_nano / 1e9 if req.timeout_nano > 0 else None
         ctx = Context(req.metadata, timeout, self)
         task = Task(self._run(stream_id, handler, msg, ctx))
-        self.inflight[stream_id] = task
+        self.inflight[stream_id] = (req.method, task)
 
     async def _run(self, stream_id, handler, msg, ctx):
         try:
@@ -315,6 +350,8 @@ class ServerConnection:
         self.loop.remove_reader(self.fd)
         if self.stream.out:
             self.loop.remove_writer(self.fd)
+        self.stream.out = []
+        self.stream.size = 0
         os.close(self.fd)
         self.server.connections.discard(self)
         if self.server.on_connection_closed is not None:
