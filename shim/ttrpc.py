@@ -33,6 +33,13 @@ UNAVAILABLE = 14
 
 _SO_PEERCRED = 17
 _READ_SIZE = 1 << 16
+# Backpressure per server connection: stop reading requests while more than
+# MAX_QUEUED bytes of replies wait to be written (a client that sends and
+# never reads), or MAX_INFLIGHT requests are being handled; read again when
+# the replies are down to half of it, or a request has finished. Far above
+# what containerd needs (one Wait per live process, a few short calls).
+MAX_QUEUED = 1 << 20
+MAX_INFLIGHT = 1024
 
 
 class TTRPCError(Exception):
@@ -200,8 +207,9 @@ def _read_frames(fd, reader):
 
 class _Stream:
     """Buffered non-blocking writer for one socket; frames are written whole
-    and in order. `size` is the number of bytes queued but not yet written."""
-    __slots__ = ("loop", "fd", "out", "size", "closed", "on_error")
+    and in order. `size` is the number of bytes queued but not yet written;
+    on_written() (if set) runs each time the socket took queued bytes."""
+    __slots__ = ("loop", "fd", "out", "size", "closed", "on_error", "on_written")
 
     def __init__(self, loop, fd, on_error):
         self.loop = loop
@@ -210,6 +218,7 @@ class _Stream:
         self.size = 0
         self.closed = False
         self.on_error = on_error
+        self.on_written = None
 
     def write(self, data):
         if self.closed:
@@ -252,6 +261,8 @@ class _Stream:
         finally:
             if i:
                 del out[:i]     # at once: pop(0) per frame is quadratic
+            if self.on_written is not None and not self.closed:
+                self.on_written()
 
 
 class ServerConnection:
@@ -262,7 +273,10 @@ class ServerConnection:
         os.set_blocking(fd, False)
         self.reader = _frame.FrameReader()
         self.stream = _Stream(self.loop, fd, self.close)
+        self.stream.on_written = self._resume
         self.inflight = {}          # stream id -> (method, Task), while handled
+        self.backlog = None         # frames read but not handled yet (paused)
+        self.paused = False
         self.closed = False
         self.loop.add_reader(fd, self._on_readable)
 
@@ -271,8 +285,41 @@ class ServerConnection:
         if frames is None:
             self.close()
             return
-        for fr in frames:
-            self._on_frame(fr)
+        self._handle(frames)
+
+    def _full(self):
+        return len(self.inflight) >= MAX_INFLIGHT or self.stream.size > MAX_QUEUED
+
+    def _handle(self, frames):
+        """Handle frames in order; if the connection is full, keep the rest
+        and stop reading until _resume()."""
+        for i in range(len(frames)):
+            if self.closed:
+                return
+            if self._full():
+                self.backlog = frames[i:]
+                self._pause()
+                return
+            self._on_frame(frames[i])
+        if self._full():
+            self._pause()
+
+    def _pause(self):
+        if not self.paused and not self.closed:
+            self.paused = True
+            self.loop.remove_reader(self.fd)
+
+    def _resume(self):
+        """A reply was written or a request finished: read again once
+        there is room (replies below half the bound)."""
+        if not self.paused or self.closed or len(self.inflight) >= MAX_INFLIGHT \
+                or self.stream.size > MAX_QUEUED // 2:
+            return
+        self.paused = False
+        self.loop.add_reader(self.fd, self._on_readable)
+        frames, self.backlog = self.backlog, None
+        if frames:
+            self._handle(frames)
 
     def _on_frame(self, fr):
         stream_id, mtype, data = fr[0], fr[1], fr[3]
@@ -328,6 +375,7 @@ class ServerConnection:
             self._send(stream_id, _pb.Response(payload=payload).encode())
         finally:
             self.inflight.pop(stream_id, None)
+            self._resume()
 
     def _reply_error(self, stream_id, code, message):
         st = _wkt.Status(code=code, message=message)
@@ -341,6 +389,8 @@ class ServerConnection:
                              message="response too large: %d bytes" % len(data))
             data = _pb.Response(status=st).encode()
         self.stream.write(_frame.encode_frame(stream_id, _frame.TYPE_RESPONSE, 0, data))
+        if self.stream.size > MAX_QUEUED:
+            self._pause()
 
     def close(self):
         if self.closed:
@@ -352,6 +402,7 @@ class ServerConnection:
             self.loop.remove_writer(self.fd)
         self.stream.out = []
         self.stream.size = 0
+        self.backlog = None
         os.close(self.fd)
         self.server.connections.discard(self)
         if self.server.on_connection_closed is not None:

@@ -1,27 +1,36 @@
-"""A shim under stress or left alone: requests in flight when it exits.
+"""A shim under stress or left alone: requests in flight when it exits, a
+client that floods it without reading.
 
 Standalone shims are started with the installed binary's `start` action as
 containerd starts them (cwd = bundle, -namespace/-address/-id, events to the
 session containerd's ttrpc socket), containers run from a private runc root."""
 import json
 import os
+import select
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 
 import pytest
 
-from shim import ttrpc
+from shim import frame, ttrpc
 from shim.pb import runc as runc_pb
 from shim.pb import task as pb
+from shim.pb import ttrpc as pb_ttrpc
 from shim.pb import wkt
 from support.bundle import busybox_rootfs, write_bundle
-from support.containerd import kill_pids, pid_alive, shim_processes, wait_pids_gone
+from support.containerd import PY_RUNTIME, kill_pids, pid_alive, shim_processes, \
+    wait_pids_gone
+from support.helpers import address_of, wait_status
 
 pytestmark = pytest.mark.integration
 
 TASK = "containerd.task.v2.Task"
+RUNNING = 2
+
+
 def any_of(msg):
     return wkt.Any(type_url=msg.FULL_NAME, value=msg.encode())
 
@@ -138,3 +147,109 @@ def test_shutdown_lets_requests_in_flight_finish(standalone):
     assert shutdown_at < delay <= replied_at + 0.1, (shutdown_at, replied_at)
     assert not wait_pids_gone([pid], 15), "shim did not exit after Shutdown"
     assert not os.path.exists(address[len("unix://"):])
+
+
+# ---- a client that never reads ---------------------------------------------------
+
+def memory_kib(pid, field):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s for %d" % (field, pid))
+
+
+def reset_peak(pid):
+    """Reset VmHWM (peak RSS) to the current RSS; False if the kernel refuses."""
+    try:
+        with open("/proc/%d/clear_refs" % pid, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def state_frames(cid, n):
+    req = pb_ttrpc.Request(service=TASK, method="State",
+                           payload=pb.StateRequest(id=cid).encode()).encode()
+    return b"".join(frame.encode_frame(2 * i + 1, frame.TYPE_REQUEST, 0, req)
+                    for i in range(n))
+
+
+@pytest.mark.parametrize("then", ["read", "close"])
+def test_state_flood_without_reading_keeps_the_shim_small(containerd, ctr_run, cid, then):
+    """100k State requests from a client that does not read the replies:
+    the shim stops reading that connection instead of queueing replies
+    (this grew it from 9 to 43 MiB); once the client reads, every reply
+    arrives; when it closes instead, the shim goes on serving."""
+    ctr_run("sleep", "3600", runtime=PY_RUNTIME, id=cid, detach=True, check=True)
+    assert wait_status(containerd, cid, "RUNNING") == "RUNNING"
+    address = address_of(containerd, cid)
+    with ttrpc.SyncClient(address) as cl:
+        pid = cl.call(TASK, "Connect", pb.ConnectRequest(id=cid), pb.ConnectResponse).shim_pid
+        for _ in range(2000):               # warm up: a normal client's working set
+            cl.call(TASK, "State", pb.StateRequest(id=cid), pb.StateResponse)
+    n = 100000
+    data = state_frames(cid, n)
+    base = memory_kib(pid, "VmRSS")
+    exact_peak = reset_peak(pid)
+    peak = base
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(address[len("unix://"):])
+    s.setblocking(False)
+    sent = 0
+    stalled_since = None
+    deadline = time.monotonic() + 120
+    # Send until the shim has taken nothing for 1 s (or everything).
+    while sent < len(data):
+        assert time.monotonic() < deadline, "flood never stalled"
+        try:
+            sent += s.send(data[sent:sent + 65536])
+            stalled_since = None
+        except BlockingIOError:
+            if stalled_since is None:
+                stalled_since = time.monotonic()
+            elif time.monotonic() - stalled_since > 1.0:
+                break
+            select.select([], [s], [], 0.05)
+        peak = max(peak, memory_kib(pid, "VmRSS"))
+    assert sent < len(data), "the shim took 100k requests without their replies being read"
+
+    if then == "close":
+        s.close()
+        time.sleep(1)
+    else:
+        reader = frame.FrameReader()
+        seen = set()
+        while len(seen) < n:
+            assert time.monotonic() < deadline, "only %d of %d replies" % (len(seen), n)
+            want_write = [s] if sent < len(data) else []
+            r, w, _ = select.select([s], want_write, [], 1.0)
+            if w:
+                try:
+                    sent += s.send(data[sent:sent + 65536])
+                except BlockingIOError:
+                    pass
+            if r:
+                chunk = s.recv(1 << 16)
+                assert chunk, "shim closed the connection"
+                for sid, mtype, _flags, payload, _len in reader.feed(chunk):
+                    assert mtype == frame.TYPE_RESPONSE and sid % 2 == 1 and sid not in seen
+                    resp = pb_ttrpc.Response.decode(payload)
+                    assert resp.status is None, resp.status
+                    st = pb.StateResponse.decode(resp.payload)
+                    assert (st.id, st.status) == (cid, RUNNING)
+                    seen.add(sid)
+            peak = max(peak, memory_kib(pid, "VmRSS"))
+        assert sent == len(data) and len(seen) == n
+        s.close()
+    if exact_peak:
+        peak = max(peak, memory_kib(pid, "VmHWM"))
+    growth = (peak - base) / 1024.0
+    print("shim RSS %.1f MiB, peak growth %.2f MiB (%s)" % (base / 1024.0, growth, then))
+    assert growth < 5, "shim grew by %.1f MiB" % growth
+    assert pid_alive(pid)
+    with ttrpc.SyncClient(address) as cl:
+        st = cl.call(TASK, "State", pb.StateRequest(id=cid), pb.StateResponse)
+        assert (st.id, st.status) == (cid, RUNNING)

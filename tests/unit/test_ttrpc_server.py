@@ -1,4 +1,4 @@
-"""The ttrpc server's graceful drain, in process: a server
+"""The ttrpc server's flow control and graceful drain, in process: a server
 on the shim's loop and plain blocking sockets as clients (in a thread where
 they would block the loop)."""
 import socket
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from shim import frame, ttrpc
-from shim.loop import Future, get_loop
+from shim.loop import Future, get_loop, sleep
 from shim.pb import task as pb
 from shim.pb import ttrpc as pb_ttrpc
 
@@ -94,6 +94,82 @@ def connect(srv, path):
 def conn_of(srv):
     assert len(srv.connections) == 1
     return next(iter(srv.connections))
+
+
+def test_inflight_requests_are_bounded_per_connection(server, monkeypatch):
+    srv, path, gates = server
+    monkeypatch.setattr(ttrpc, "MAX_INFLIGHT", 8)
+    s = connect(srv, path)
+    replies = Replies(s)
+    n = 50
+    s.sendall(b"".join(request(2 * i + 1, "Gate", id="g%d" % i) for i in range(n)))
+    conn = conn_of(srv)
+    assert run_until(lambda: len(conn.inflight) == 8 and conn.paused)
+    loop.run_until_complete(sleep(0.1))
+    assert len(conn.inflight) == 8             # no more taken while full
+    # Releasing them lets the rest in, in order, never more than 8 at once.
+    for i in range(n):
+        gates.setdefault("g%d" % i, Future()).set_result(None)
+        run_until(lambda: len(replies.got) > i, 5)
+        assert len(conn.inflight) <= 8
+    assert run_until(lambda: len(replies.got) == n)
+    assert not conn.paused and conn.backlog is None
+    assert all(r.status is None for r in replies.got.values())
+    s.close()
+
+
+def test_unread_replies_stop_reading_until_they_drain(server, monkeypatch):
+    srv, path, _ = server
+    monkeypatch.setattr(ttrpc, "MAX_QUEUED", 64 << 10)
+    s = connect(srv, path)
+    n = 4000        # ~1 MiB of requests (more than the socket holds), ~5 MiB of replies
+    data = b"".join(request(2 * i + 1, "State", id="x" * 250) for i in range(n))
+    sent = []
+    t = threading.Thread(target=lambda: sent.append(s.sendall(data)), daemon=True)
+    t.start()
+    conn = conn_of(srv)
+    peak = [0]
+
+    def stalled():
+        peak[0] = max(peak[0], conn.stream.size)
+        return conn.paused
+    assert run_until(stalled, 10)
+    for _ in range(50):                        # nothing more is taken in
+        loop.call_later(0.01, lambda: None)
+        loop.run_once()
+        peak[0] = max(peak[0], conn.stream.size)
+    assert conn.paused and t.is_alive()        # the sender is blocked
+    # At most one read's worth of replies (64 KiB of requests) beyond the bound.
+    assert peak[0] < (64 << 10) + 250 * 1400, peak[0]
+    replies = Replies(s)
+    assert run_until(lambda: len(replies.got) == n, 30), len(replies.got)
+    t.join(5)
+    assert sent == [None]
+    assert sorted(replies.got) == [2 * i + 1 for i in range(n)]
+    assert all(pb.StateResponse.decode(r.payload).bundle == "b" * 1024
+               for r in replies.got.values())
+    assert not conn.paused and conn.stream.size == 0
+    s.close()
+
+
+def test_peer_gone_while_paused_closes_the_connection(server, monkeypatch):
+    srv, path, _ = server
+    monkeypatch.setattr(ttrpc, "MAX_QUEUED", 64 << 10)
+    s = connect(srv, path)
+    s.setblocking(False)
+    data = b"".join(request(2 * i + 1, "State", id="x" * 250) for i in range(4000))
+    sent = 0
+    conn = conn_of(srv)
+    while not conn.paused:
+        try:
+            sent += s.send(data[sent:sent + 65536])
+        except BlockingIOError:
+            pass
+        loop.call_later(0.005, lambda: None)
+        loop.run_once()
+    s.close()
+    assert run_until(lambda: conn.closed, 10)
+    assert srv.connections == set()
 
 
 def test_drain_waits_for_requests_but_not_long_polls(server):
