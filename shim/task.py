@@ -68,6 +68,7 @@ class TaskService:
         self.creating = 0           # Creates/exec Starts whose pid is not known yet
         self.early_exits = {}       # pid -> (status, when) reaped before known
         self.shutdown_cb = shutdown_cb
+        self.create_requests = 0    # Creates received (serve's idle exit)
         reaper.on_exit = self._on_exit
 
     # ---- table used by the ttrpc server ----------------------------------
@@ -183,6 +184,7 @@ class TaskService:
 
     # ---- RPCs ------------------------------------------------------------
     async def create(self, req, ctx):
+        self.create_requests += 1
         cid = req.id
         if not cid:
             raise invalid_argument("id must not be empty")

@@ -1,5 +1,6 @@
 """A shim under stress or left alone: requests in flight when it exits, a
-client that floods it without reading.
+client that floods it without reading, a shim whose containerd never sends
+Create.
 
 Standalone shims are started with the installed binary's `start` action as
 containerd starts them (cwd = bundle, -namespace/-address/-id, events to the
@@ -253,3 +254,39 @@ def test_state_flood_without_reading_keeps_the_shim_small(containerd, ctr_run, c
     with ttrpc.SyncClient(address) as cl:
         st = cl.call(TASK, "State", pb.StateRequest(id=cid), pb.StateResponse)
         assert (st.id, st.status) == (cid, RUNNING)
+
+
+# ---- a shim that containerd forgot ------------------------------------------------
+
+IDLE_ENV = "PYSHIM_IDLE_EXIT_SECONDS"
+
+
+def test_shim_without_create_exits_and_removes_its_socket(standalone):
+    """containerd died between `start` and Create: the shim does not stay
+    behind for ever."""
+    t0 = time.monotonic()
+    _, address, pid = standalone.start("orphan", env={IDLE_ENV: "2"})
+    path = address[len("unix://"):]
+    time.sleep(0.5)
+    assert pid_alive(pid) and os.path.exists(path)
+    assert not wait_pids_gone([pid], 20), "shim without Create still running"
+    assert time.monotonic() - t0 >= 2
+    assert not os.path.exists(path)
+
+
+def test_shim_with_create_stays(standalone):
+    id = "adopted"
+    bundle, address, pid = standalone.start(id, env={IDLE_ENV: "1"})
+    with ttrpc.SyncClient(address, timeout=30) as cl:
+        cl.call(TASK, "Create", pb.CreateTaskRequest(
+            id=id, bundle=bundle, options=standalone.options()), pb.CreateTaskResponse)
+        time.sleep(3)
+        assert pid_alive(pid)
+        assert cl.call(TASK, "State", pb.StateRequest(id=id), pb.StateResponse).status == 1
+        cl.call(TASK, "Delete", pb.DeleteRequest(id=id), pb.DeleteResponse)
+        # Even with no task left: it got a Create, so only Shutdown ends it.
+        time.sleep(1.5)
+        assert pid_alive(pid)
+        cl.call(TASK, "Shutdown", pb.ShutdownRequest(id=id))
+    assert not wait_pids_gone([pid], 15)
+    assert not os.path.exists(address[len("unix://"):])
