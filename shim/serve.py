@@ -63,6 +63,7 @@ def serve(flags, listen_fd):
         if stopping:
             return
         stopping.append(True)
+        service.closing = True
         server.close_listeners()
         if socket_path:
             try:

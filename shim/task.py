@@ -70,6 +70,7 @@ class TaskService:
         self.early_exits = {}       # pid -> (status, when) reaped before known
         self.shutdown_cb = shutdown_cb
         self.create_requests = 0    # Creates received (serve's idle exit)
+        self.closing = False        # the shim is exiting (set by serve)
         reaper.on_exit = self._on_exit
 
     # ---- table used by the ttrpc server ----------------------------------
@@ -197,6 +198,10 @@ class TaskService:
             raise invalid_argument("id must not be empty")
         if cid in self.containers:
             raise already_exists("container %s" % cid)
+        if self.closing:
+            # Requests in flight are still being answered, but a task made
+            # now would die with the shim.
+            raise failed_precondition("shim is shutting down")
         bundle = req.bundle
         try:
             opts = options.decode(req.options)

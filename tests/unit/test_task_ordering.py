@@ -300,3 +300,11 @@ def test_stats_of_running_init_without_cgroup_is_not_found(svc):
     with pytest.raises(TTRPCError) as e:
         run(svc.stats(pb.StatsRequest(id="c1"), None))
     assert (e.value.code, e.value.message) == (5, "cgroup does not exist: not found")
+
+
+def test_create_refused_once_the_shim_is_exiting(svc):
+    svc.closing = True
+    with pytest.raises(TTRPCError) as e:
+        run(svc.create(pb.CreateTaskRequest(id="c2", bundle="/nonexistent-bundle"), None))
+    assert (e.value.code, e.value.message) == (9, "shim is shutting down: failed precondition")
+    assert "c2" not in svc.containers
