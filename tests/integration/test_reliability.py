@@ -80,7 +80,9 @@ class Standalone:
         return b, address, pids[0]
 
     def cleanup(self):
-        kill_pids([p for p in self.pids if pid_alive(p)])
+        # Only shims of ours still running: a PID that ended may be reused.
+        kill_pids([p for p, _ in shim_processes(self.c.namespace, self.c.address)
+                   if p in self.pids])
         for p in self.pids:
             try:
                 os.waitpid(p, os.WNOHANG)   # ours if pytest is a subreaper
