@@ -86,12 +86,12 @@ def oom_then_exit(out, cid):
 
 
 def test_instant_oom_kill_reported_before_exit_under_load(
-        containerd, image, make_cid, runtime, busy_cpus, record_property):
+        containerd, image, make_cid, runtime, busy_cpus):
     """A container OOM-killed in its first milliseconds, 20 times with the
     CPUs busy: /tasks/oom comes before /tasks/exit every time (the watch is
     armed once runc create returns, and the exit checks the oom_kill count).
-    The Go shim's score is recorded, not asserted (containerd 1.6's arms its
-    watch only after runc start)."""
+    The Go shim's score is printed, not asserted (containerd 1.6's arms its
+    watch only after runc start; 18-20 of 20 here)."""
     runs = 20
     ids = []
     with ctr_events(containerd) as events:
@@ -106,7 +106,6 @@ def test_instant_oom_kill_reported_before_exit_under_load(
     seen = {cid: oom_then_exit(out, cid) for cid in ids}
     assert all("/tasks/exit" in t for t in seen.values()), seen
     good = sum(1 for t in seen.values() if t[0] == "/tasks/oom")
-    record_property("oom_before_exit", "%d/%d" % (good, runs))
     print("%s: /tasks/oom before /tasks/exit %d of %d" % (runtime, good, runs))
     if runtime == PY_RUNTIME:
         assert good == runs, seen
