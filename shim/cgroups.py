@@ -2,7 +2,8 @@
 
     cg = find(init_pid)          # Cgroup, version 1 (v1/hybrid) or 2 (unified)
     any_ = cg.stats()            # wkt.Any: io.containerd.cgroups.v1.Metrics / v2.Metrics
-    h = watch_oom(cg, loop, on_oom)   # on_oom() per OOM; h.poll(), h.close()
+    h = watch_oom(cg, loop, on_oom)   # on_oom() per OOM; h.poll(), h.at_exit(), h.close()
+    n = oom_kills(cg)            # the memory cgroup's OOM kill count
 
 Metrics follow github.com/containerd/cgroups 1.0.4 (what the Go runc shim of
 containerd 1.6 returns), field for field. One deliberate difference: a file
@@ -133,6 +134,19 @@ class Cgroup:
         message is simply empty (check exists() to report NotFound)."""
         from shim.pb import any_pack
         return any_pack(self.metrics())
+
+    def oom_stats(self, oom_kill):
+        """Stats (wkt.Any as stats()) holding only an OOM kill count: what
+        is left to tell of a stopped container whose cgroup was removed
+        (containerd's CRI reads it after an exit with 137)."""
+        from shim.pb import any_pack
+        if self.version == 2:
+            from shim.pb import cgroups2 as m
+            met = m.Metrics(memory_events=m.MemoryEvents(oom_kill=oom_kill))
+        else:
+            from shim.pb import cgroups1 as m
+            met = m.Metrics(memory_oom_control=m.MemoryOomControl(oom_kill=oom_kill))
+        return any_pack(met)
 
 
 def _mount_roots(proc):
@@ -514,6 +528,18 @@ def _hugetlb_v2(m, d):
 
 # ---------------------------------------------------------------- OOM watch
 
+def oom_kills(cgroup):
+    """The memory cgroup's count of OOM kills (v1: memory.oom_control,
+    v2: memory.events `oom_kill`), or None if it cannot be read."""
+    if cgroup.path is None:
+        return None
+    name = "/memory.events" if cgroup.version == 2 else "/memory.oom_control"
+    text = _read(cgroup.path + name)
+    if text is None:
+        return None
+    return _kv(text).get("oom_kill")
+
+
 class OomWatch:
     """A running OOM watch (from watch_oom): calls on_oom() on the loop for
     each OOM notification. It stops by itself when the cgroup is removed;
@@ -530,11 +556,11 @@ class OomWatch:
     `oom_kill` count is seen to grow. The kernel rate-limits that inotify
     event (up to 10 ms late), so it may come after the victim's exit.
 
-    Either way, call poll() right before publishing the init's exit: it
-    handles whatever is pending at once, so an OOM is reported before the
-    exit it caused.
+    Either way, call at_exit() right before publishing the init's exit: an
+    OOM is then reported before the exit it caused, even one whose wake-up
+    is late or was missed.
     """
-    __slots__ = ("cgroup", "loop", "on_oom", "fd", "dir", "last")
+    __slots__ = ("cgroup", "loop", "on_oom", "fd", "dir", "last", "base", "reported")
 
     def __init__(self, cgroup, loop, on_oom):
         self.cgroup = cgroup
@@ -543,17 +569,24 @@ class OomWatch:
         self.fd = -1
         self.dir = cgroup.path
         self.last = 0
+        self.reported = 0       # on_oom() calls so far
         if self.dir is None:
             raise FileNotFoundError(2, "no memory cgroup to watch for OOM")
         if cgroup.version == 2:
             self._start_v2()
         else:
             self._start_v1()
+        # OOM kills before the watch (none for a new container) are not ours.
+        self.base = self.last = oom_kills(cgroup) or 0
         loop.add_reader(self.fd, self.poll)
 
     @property
     def closed(self):
         return self.fd < 0
+
+    def _report(self):
+        self.reported += 1
+        self.on_oom()
 
     def _start_v1(self):
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -580,7 +613,6 @@ class OomWatch:
             os.close(fd)
             raise
         self.fd = fd
-        self.last = _kv(_read(self.dir + "/memory.events")).get("oom_kill", 0)
 
     def poll(self):
         """Handle what is pending now, without blocking (the loop calls it on
@@ -594,7 +626,7 @@ class OomWatch:
         except BlockingIOError:
             return
         if os.path.isdir(self.dir):
-            self.on_oom()
+            self._report()
         else:
             self.close()            # the wake-up of the cgroup's removal
 
@@ -605,13 +637,28 @@ class OomWatch:
             n = _kv(text).get("oom_kill", 0)
             if n > self.last:
                 self.last = n
-                self.on_oom()
+                self._report()
         gone = text is None and not os.path.isdir(self.dir)
         for _, mask in events:
             if mask & _native.IN_IGNORED:
                 gone = True
         if gone:
             self.close()
+
+    def at_exit(self):
+        """The init exited: handle pending wake-ups (poll()); then, if the
+        cgroup's oom_kill count rose since the watch began but nothing was
+        reported (a wake-up lost or still on its way), report one OOM.
+        Returns the oom_kill count; if the cgroup is gone already (systemd
+        removes a scope's cgroup once it is empty), the best the watch
+        knows: an OOM it reported counts as a kill."""
+        self.poll()
+        n = oom_kills(self.cgroup)
+        if n is None:
+            n = max(self.last, self.base + (1 if self.reported else 0))
+        if n > self.base and not self.reported:
+            self._report()
+        return n
 
     def close(self):
         fd, self.fd = self.fd, -1

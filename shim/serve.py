@@ -13,6 +13,12 @@ SIGINT = 2
 SIGUSR1 = 10
 SIGTERM = 15
 TASK_SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
+DRAIN_TIMEOUT = 10.0        # seconds an exiting shim waits for requests in flight
+# A shim that gets no Create this long after it started serving exits:
+# containerd died between `start` and Create, and nobody else would ever
+# stop it. <= 0 turns it off.
+IDLE_EXIT_ENV = "PYSHIM_IDLE_EXIT_SECONDS"
+IDLE_EXIT_SECONDS = 30.0
 
 
 def _socket_path(bundle):
@@ -27,6 +33,21 @@ def _socket_path(bundle):
     return None
 
 
+def _idle_exit_seconds():
+    value = os.environ.get(IDLE_EXIT_ENV, "")
+    if not value:
+        return IDLE_EXIT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = None
+    if seconds is None or seconds != seconds or seconds > 1e9:     # nan, inf
+        log.warning("%s=%r is not a number of seconds: using %g"
+                    % (IDLE_EXIT_ENV, value, IDLE_EXIT_SECONDS))
+        return IDLE_EXIT_SECONDS
+    return seconds
+
+
 def serve(flags, listen_fd):
     bundle = os.getcwd()
     log.configure(bundle, flags.debug)
@@ -36,13 +57,14 @@ def serve(flags, listen_fd):
 
     reaper = Reaper(loop)
     publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), flags.namespace, loop, log)
-    server = ttrpc.Server(loop, log=log)
+    server = ttrpc.Server(loop, log=log, long_polls=("Wait",))
     stopping = []
 
     def shutdown():
         if stopping:
             return
         stopping.append(True)
+        service.closing = True
         server.close_listeners()
         if socket_path:
             try:
@@ -51,6 +73,11 @@ def serve(flags, listen_fd):
                 pass
 
         async def finish():
+            # Requests still in flight (a Kill waiting for runc, the
+            # Shutdown itself) get their replies first, as from Go's ttrpc
+            # server; a Wait of a process that still runs is not waited for.
+            if not await server.drain(DRAIN_TIMEOUT):
+                log.warning("exiting with requests still in flight")
             # Flush queued events (bounded, like Go), then leave.
             try:
                 await wait_for(publisher.wait_idle(), 5.0)
@@ -67,6 +94,15 @@ def serve(flags, listen_fd):
     for name in TASK_SERVICES:
         server.register_service(name, service.methods())
     server.listen_fd(listen_fd)
+
+    idle = _idle_exit_seconds()
+
+    def exit_if_unused():
+        if not service.create_requests and not service.containers:
+            log.warning("no Create within %gs of starting: exiting" % idle)
+            shutdown()
+    if idle > 0:
+        loop.call_later(idle, exit_if_unused)
 
     def on_term(signo):
         log.info("shim received signal %d, shutting down" % signo)

@@ -42,7 +42,8 @@ class Container:
         self.execs = {}
         self.io_ids = (0, 0)        # Options.io_uid / io_gid for stdio pipes
         self.cgroup = None          # shim.cgroups.Cgroup of the init, once known
-        self.oom = None             # OOM watch, from Start to Delete
+        self.oom = None             # OOM watch, from Create to Delete
+        self.exit_oom_kills = None  # the cgroup's oom_kill count at the init's exit
         self.criu_work = ""         # Options.criu_work_path or <bundle>/work
         self.restore_from = None    # (image, parent) of a Create from a checkpoint
         self.no_pivot = False
@@ -69,6 +70,8 @@ class TaskService:
         self.early_exits = {}       # pid -> (status, when) reaped before known
         self.shutdown_cb = shutdown_cb
         self.shutdown_asked = False     # Shutdown came while tasks remained
+        self.create_requests = 0    # Creates received (serve's idle exit)
+        self.closing = False        # the shim is exiting (set by serve)
         reaper.on_exit = self._on_exit
 
     # ---- table used by the ttrpc server ----------------------------------
@@ -175,8 +178,14 @@ class TaskService:
         # Let the last output reach the client before the exit event.
         if p.io is not None:
             await p.io.wait_copied(IO_DRAIN_ON_EXIT)
-        if p is c.init and c.oom is not None:
-            c.oom.poll()            # an OOM kill is reported before its exit
+        if p is c.init:
+            # An OOM kill is reported before the exit it caused, and its
+            # count kept for Stats until Delete (the cgroup may be gone).
+            if c.oom is not None:
+                c.exit_oom_kills = c.oom.at_exit()
+            elif c.cgroup is not None:
+                from shim import cgroups
+                c.exit_oom_kills = cgroups.oom_kills(c.cgroup)
         self._publish("/tasks/exit", ev.TaskExit(
             container_id=c.id, id=p.id, pid=p.pid, exit_status=p.exit_status,
             exited_at=_ts(p.exited_at)))
@@ -184,11 +193,16 @@ class TaskService:
 
     # ---- RPCs ------------------------------------------------------------
     async def create(self, req, ctx):
+        self.create_requests += 1
         cid = req.id
         if not cid:
             raise invalid_argument("id must not be empty")
         if cid in self.containers:
             raise already_exists("container %s" % cid)
+        if self.closing:
+            # Requests in flight are still being answered, but a task made
+            # now would die with the shim.
+            raise failed_precondition("shim is shutting down")
         bundle = req.bundle
         try:
             opts = options.decode(req.options)
@@ -268,6 +282,9 @@ class TaskService:
             io=ev.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
                          terminal=req.terminal),
             checkpoint=req.checkpoint, pid=pid))
+        # Watched from now on (as Go): a container can be OOM-killed in its
+        # first milliseconds, long before Start returns.
+        self._watch_oom(container)
         self._release_held_exit(p)
         return pb.CreateTaskResponse(pid=pid)
 
@@ -308,7 +325,6 @@ class TaskService:
             if p.status == CREATED:
                 p.status = RUNNING
             self._publish("/tasks/start", ev.TaskStart(container_id=c.id, pid=p.pid))
-            self._watch_oom(c)
         finally:
             self._release_held_exit(p)
         return pb.StartResponse(pid=p.pid)
@@ -660,9 +676,14 @@ class TaskService:
 
     async def stats(self, req, ctx):
         c = self._container(req.id)
-        if c.cgroup is None or not c.cgroup.exists():
-            raise not_found("cgroup does not exist")
-        return pb.StatsResponse(stats=c.cgroup.stats())
+        cg = c.cgroup
+        if cg is not None and cg.exists():
+            return pb.StatsResponse(stats=cg.stats())
+        if cg is not None and c.exit_oom_kills is not None:
+            # Stopped, and its cgroup removed (systemd does so when it is
+            # empty): the OOM count is what a caller still needs to know.
+            return pb.StatsResponse(stats=cg.oom_stats(c.exit_oom_kills))
+        raise not_found("cgroup does not exist")
 
     async def connect(self, req, ctx):
         c = self.containers.get(req.id)

@@ -8,9 +8,10 @@ completion order.
 """
 import os
 import _socket
+from time import monotonic as _monotonic
 
 from shim import frame as _frame
-from shim.loop import Future, Task, get_loop, wait_for
+from shim.loop import Future, Task, get_loop, sleep, wait_for
 from shim.pb import ttrpc as _pb
 from shim.pb import wkt as _wkt
 
@@ -32,6 +33,13 @@ UNAVAILABLE = 14
 
 _SO_PEERCRED = 17
 _READ_SIZE = 1 << 16
+# Backpressure per server connection: stop reading requests while more than
+# MAX_QUEUED bytes of replies wait to be written (a client that sends and
+# never reads), or MAX_INFLIGHT requests are being handled; read again when
+# the replies are down to half of it, or a request has finished. Far above
+# what containerd needs (one Wait per live process, a few short calls).
+MAX_QUEUED = 1 << 20
+MAX_INFLIGHT = 1024
 
 
 class TTRPCError(Exception):
@@ -83,7 +91,7 @@ class Server:
     `async def handler(request, ctx) -> message` (anything with .encode()).
     """
 
-    def __init__(self, loop=None, check_peer=True, log=None):
+    def __init__(self, loop=None, check_peer=True, log=None, long_polls=()):
         self.loop = loop or get_loop()
         self.methods = {}
         self.check_peer = check_peer
@@ -91,6 +99,9 @@ class Server:
         self.listeners = []
         self.connections = set()
         self.on_connection_closed = None
+        # Methods that may wait for ever (Wait: until a process exits); a
+        # drain() does not wait for them.
+        self.long_polls = frozenset(long_polls)
 
     def register(self, service, method, request_cls, handler):
         self.methods[(service, method)] = (request_cls, handler)
@@ -123,6 +134,27 @@ class Server:
         self.close_listeners()
         for conn in list(self.connections):
             conn.close()
+
+    def busy(self):
+        """Whether a request (other than a long poll) is being handled, or a
+        reply is not written yet, on any connection."""
+        for conn in self.connections:
+            if conn.stream.size or any(m not in self.long_polls
+                                       for m, _task in conn.inflight.values()):
+                return True
+        return False
+
+    async def drain(self, timeout, interval=0.02):
+        """Wait until not busy() (at most `timeout` seconds; False if it
+        still is): like Go's Server.Shutdown, a shim that exits lets the
+        requests it is handling finish and their replies go out first. Call
+        close_listeners() before; connections keep being served meanwhile."""
+        deadline = _monotonic() + timeout
+        while self.busy():
+            if _monotonic() >= deadline:
+                return False
+            await sleep(interval)
+        return True
 
     def _accept(self, sock):
         while True:
@@ -175,21 +207,25 @@ def _read_frames(fd, reader):
 
 class _Stream:
     """Buffered non-blocking writer for one socket; frames are written whole
-    and in order."""
-    __slots__ = ("loop", "fd", "out", "closed", "on_error")
+    and in order. `size` is the number of bytes queued but not yet written;
+    on_written() (if set) runs each time the socket took queued bytes."""
+    __slots__ = ("loop", "fd", "out", "size", "closed", "on_error", "on_written")
 
     def __init__(self, loop, fd, on_error):
         self.loop = loop
         self.fd = fd
         self.out = []
+        self.size = 0
         self.closed = False
         self.on_error = on_error
+        self.on_written = None
 
     def write(self, data):
         if self.closed:
             return
         if self.out:
             self.out.append(data)
+            self.size += len(data)
             return
         try:
             n = os.write(self.fd, data)
@@ -200,23 +236,33 @@ class _Stream:
             return
         if n < len(data):
             self.out.append(memoryview(data)[n:])
+            self.size += len(data) - n
             self.loop.add_writer(self.fd, self._flush)
 
     def _flush(self):
-        while self.out:
-            data = self.out[0]
-            try:
-                n = os.write(self.fd, data)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.on_error()
-                return
-            if n < len(data):
-                self.out[0] = memoryview(data)[n:]
-                return
-            self.out.pop(0)
-        self.loop.remove_writer(self.fd)
+        out = self.out
+        i = 0
+        try:
+            while i < len(out):
+                data = out[i]
+                try:
+                    n = os.write(self.fd, data)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    self.on_error()
+                    return
+                self.size -= n
+                if n < len(data):
+                    out[i] = memoryview(data)[n:]
+                    return
+                i += 1
+            self.loop.remove_writer(self.fd)
+        finally:
+            if i:
+                del out[:i]     # at once: pop(0) per frame is quadratic
+            if self.on_written is not None and not self.closed:
+                self.on_written()
 
 
 class ServerConnection:
@@ -227,7 +273,10 @@ class ServerConnection:
         os.set_blocking(fd, False)
         self.reader = _frame.FrameReader()
         self.stream = _Stream(self.loop, fd, self.close)
-        self.inflight = {}
+        self.stream.on_written = self._resume
+        self.inflight = {}          # stream id -> (method, Task), while handled
+        self.backlog = None         # frames read but not handled yet (paused)
+        self.paused = False
         self.closed = False
         self.loop.add_reader(fd, self._on_readable)
 
@@ -236,8 +285,41 @@ class ServerConnection:
         if frames is None:
             self.close()
             return
-        for fr in frames:
-            self._on_frame(fr)
+        self._handle(frames)
+
+    def _full(self):
+        return len(self.inflight) >= MAX_INFLIGHT or self.stream.size > MAX_QUEUED
+
+    def _handle(self, frames):
+        """Handle frames in order; if the connection is full, keep the rest
+        and stop reading until _resume()."""
+        for i in range(len(frames)):
+            if self.closed:
+                return
+            if self._full():
+                self.backlog = frames[i:]
+                self._pause()
+                return
+            self._on_frame(frames[i])
+        if self._full():
+            self._pause()
+
+    def _pause(self):
+        if not self.paused and not self.closed:
+            self.paused = True
+            self.loop.remove_reader(self.fd)
+
+    def _resume(self):
+        """A reply was written or a request finished: read again once
+        there is room (replies below half the bound)."""
+        if not self.paused or self.closed or len(self.inflight) >= MAX_INFLIGHT \
+                or self.stream.size > MAX_QUEUED // 2:
+            return
+        self.paused = False
+        self.loop.add_reader(self.fd, self._on_readable)
+        frames, self.backlog = self.backlog, None
+        if frames:
+            self._handle(frames)
 
     def _on_frame(self, fr):
         stream_id, mtype, data = fr[0], fr[1], fr[3]
@@ -273,7 +355,7 @@ class ServerConnection:
         timeout = req.timeout_nano / 1e9 if req.timeout_nano > 0 else None
         ctx = Context(req.metadata, timeout, self)
         task = Task(self._run(stream_id, handler, msg, ctx))
-        self.inflight[stream_id] = task
+        self.inflight[stream_id] = (req.method, task)
 
     async def _run(self, stream_id, handler, msg, ctx):
         try:
@@ -293,6 +375,7 @@ class ServerConnection:
             self._send(stream_id, _pb.Response(payload=payload).encode())
         finally:
             self.inflight.pop(stream_id, None)
+            self._resume()
 
     def _reply_error(self, stream_id, code, message):
         st = _wkt.Status(code=code, message=message)
@@ -306,6 +389,8 @@ class ServerConnection:
                              message="response too large: %d bytes" % len(data))
             data = _pb.Response(status=st).encode()
         self.stream.write(_frame.encode_frame(stream_id, _frame.TYPE_RESPONSE, 0, data))
+        if self.stream.size > MAX_QUEUED:
+            self._pause()
 
     def close(self):
         if self.closed:
@@ -315,6 +400,9 @@ class ServerConnection:
         self.loop.remove_reader(self.fd)
         if self.stream.out:
             self.loop.remove_writer(self.fd)
+        self.stream.out = []
+        self.stream.size = 0
+        self.backlog = None
         os.close(self.fd)
         self.server.connections.discard(self)
         if self.server.on_connection_closed is not None:

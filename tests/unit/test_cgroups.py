@@ -547,6 +547,83 @@ def test_oom_watch_errors(tmp_path):
         cgroups.watch_oom(cg1, loop, lambda: None)    # no memory controller
 
 
+def test_oom_kills_counter_v1_and_v2(tmp_path):
+    root, proc = v1_tree(tmp_path / "1")
+    assert cgroups.oom_kills(cgroups.find(PID, root=root, proc=proc)) == 3
+    root, proc = v2_tree(tmp_path / "2")
+    cg = cgroups.find(PID, root=root, proc=proc)
+    assert cgroups.oom_kills(cg) == 1
+    os.unlink(cg.path + "/memory.events")
+    assert cgroups.oom_kills(cg) is None
+
+
+def test_oom_watch_v1_at_exit_reports_a_kill_the_eventfd_missed(tmp_path):
+    # A fixture tree's event_control is a plain file: the eventfd never
+    # fires, as when a wake-up is lost, so only the counter tells.
+    root, proc = v1_tree(tmp_path)
+    cg = cgroups.find(PID, root=root, proc=proc)
+    write(cg.path + "/cgroup.event_control", "")
+    oc = cg.path + "/memory.oom_control"
+    calls = []
+    h = cgroups.watch_oom(cg, loop, lambda: calls.append(1))
+    try:
+        assert h.base == 3                      # kills before the watch are not ours
+        assert h.at_exit() == 3 and calls == []
+        write(oc, "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n")
+        assert h.at_exit() == 5 and calls == [1]    # one OOM, however many kills
+        assert h.at_exit() == 5 and calls == [1]    # and only once
+    finally:
+        h.close()
+
+
+def test_oom_watch_v2_at_exit_reports_once_and_knows_the_count_when_gone(tmp_path):
+    root, proc = v2_tree(tmp_path)
+    cg = cgroups.find(PID, root=root, proc=proc)
+    ev = cg.path + "/memory.events"
+    calls = []
+    h = cgroups.watch_oom(cg, loop, lambda: calls.append(1))
+    try:
+        write(ev, "oom 3\noom_kill 2\n")
+        assert h.at_exit() == 2 and calls == [1]
+        spin(0.1)
+        assert calls == [1]                     # the inotify wake-up adds nothing
+        # The cgroup is removed before the exit is handled (systemd removes
+        # an empty scope): the count the watch saw.
+        os.unlink(ev)
+        assert h.at_exit() == 2 and calls == [1]
+    finally:
+        h.close()
+
+
+def test_oom_watch_v2_at_exit_without_memory_events_seen(tmp_path):
+    # The cgroup vanished before any read after the kill: an OOM reported
+    # by the watch is counted as a kill.
+    root, proc = v2_tree(tmp_path)
+    cg = cgroups.find(PID, root=root, proc=proc)
+    h = cgroups.watch_oom(cg, loop, lambda: None)
+    try:
+        assert (h.base, h.reported) == (1, 0)
+        h.reported = 1                          # e.g. a v1 eventfd wake-up
+        os.unlink(cg.path + "/memory.events")
+        assert h.at_exit() == 2
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_oom_stats_hold_only_the_count(tmp_path, version):
+    root, proc = (v1_tree if version == 1 else v2_tree)(tmp_path)
+    cg = cgroups.find(PID, root=root, proc=proc)
+    if version == 1:
+        url, m = unpack(cg.oom_stats(4), pb1.Metrics)
+        assert (url, m.memory_oom_control.oom_kill) == ("io.containerd.cgroups.v1.Metrics", 4)
+        assert [f.name for f, _ in m.ListFields()] == ["memory_oom_control"]
+    else:
+        url, m = unpack(cg.oom_stats(4), pb2.Metrics)
+        assert (url, m.memory_events.oom_kill) == ("io.containerd.cgroups.v2.Metrics", 4)
+        assert [f.name for f, _ in m.ListFields()] == ["memory_events"]
+
+
 def test_inotify_native(tmp_path):
     p = str(tmp_path / "f")
     write(p, "x")

@@ -248,3 +248,79 @@ def test_shutdown_with_tasks_left_is_kept_until_the_last_delete(svc):
     run(svc.delete(pb.DeleteRequest(id="c1"), None))
     settle()
     assert calls == ["shutdown"]        # the last Delete ends it
+
+
+def fake_cgroup(tmp_path, version, oom_kill):
+    """A fixture cgroup tree for the init (v1: memory only, the OOM eventfd
+    never fires; v2: memory.events) and its Cgroup."""
+    import os
+    from shim import cgroups
+    root, proc = str(tmp_path / "cgroup"), str(tmp_path / "proc")
+    if version == 1:
+        d, line = root + "/memory/ns/c1", "4:memory:/ns/c1"
+        files = {"memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill %d\n",
+                 "cgroup.event_control": ""}
+    else:
+        d, line = root + "/ns/c1", "0::/ns/c1"
+        files = {"memory.events": "low 0\nhigh 0\nmax 1\noom 1\noom_kill %d\n"}
+        os.makedirs(root)
+        with open(root + "/cgroup.controllers", "w") as f:
+            f.write("memory\n")
+    os.makedirs(d)
+    os.makedirs("%s/%d" % (proc, INIT_PID))
+    with open("%s/%d/cgroup" % (proc, INIT_PID), "w") as f:
+        f.write(line + "\n")
+
+    def write(n):
+        for name, text in files.items():
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text % n if "%d" in text else text)
+    write(oom_kill)
+    return cgroups.find(INIT_PID, root=root, proc=proc), write
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_oom_kill_counted_at_exit_comes_before_it_and_stays_in_stats(svc, tmp_path, version):
+    """The init is OOM-killed and no wake-up reports it (v1 fixture: the
+    eventfd never fires): the oom_kill count read at the exit publishes
+    /tasks/oom before /tasks/exit; once the cgroup is gone (systemd removes
+    an empty scope), Stats still tells the count until Delete."""
+    import shutil
+    from shim.pb2.io.containerd.cgroups.v1 import metrics_pb2 as pb1
+    from shim.pb2.io.containerd.cgroups.v2 import metrics_pb2 as pb2
+    c = svc.containers["c1"]
+    c.cgroup, set_kills = fake_cgroup(tmp_path, version, 0)
+    svc._watch_oom(c)
+    assert c.oom is not None
+    try:
+        set_kills(1)
+        svc._on_exit(INIT_PID, 137, 2.0)
+        loop.run_until_complete(c.init.exited, timeout=5)
+        assert svc.pub.topics() == ["/tasks/oom", "/tasks/exit"]
+        shutil.rmtree(c.cgroup.path)
+        assert not c.cgroup.exists()
+        st = run(svc.stats(pb.StatsRequest(id="c1"), None)).stats
+        m = (pb1 if version == 1 else pb2).Metrics()
+        m.ParseFromString(st.value)
+        if version == 1:
+            assert m.memory_oom_control.oom_kill == 1
+        else:
+            assert m.memory_events.oom_kill == 1
+        settle()
+        assert svc.pub.topics() == ["/tasks/oom", "/tasks/exit"]   # reported once
+    finally:
+        c.oom.close()
+
+
+def test_stats_of_running_init_without_cgroup_is_not_found(svc):
+    with pytest.raises(TTRPCError) as e:
+        run(svc.stats(pb.StatsRequest(id="c1"), None))
+    assert (e.value.code, e.value.message) == (5, "cgroup does not exist: not found")
+
+
+def test_create_refused_once_the_shim_is_exiting(svc):
+    svc.closing = True
+    with pytest.raises(TTRPCError) as e:
+        run(svc.create(pb.CreateTaskRequest(id="c2", bundle="/nonexistent-bundle"), None))
+    assert (e.value.code, e.value.message) == (9, "shim is shutting down: failed precondition")
+    assert "c2" not in svc.containers

@@ -1,0 +1,298 @@
+"""A shim under stress or left alone: requests in flight when it exits, a
+client that floods it without reading, a shim whose containerd never sends
+Create.
+
+Standalone shims are started with the installed binary's `start` action as
+containerd starts them (cwd = bundle, -namespace/-address/-id, events to the
+session containerd's ttrpc socket), containers run from a private runc root."""
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from shim import frame, ttrpc
+from shim.pb import runc as runc_pb
+from shim.pb import task as pb
+from shim.pb import ttrpc as pb_ttrpc
+from shim.pb import wkt
+from support.bundle import busybox_rootfs, write_bundle
+from support.containerd import PY_RUNTIME, kill_pids, pid_alive, shim_processes, \
+    wait_pids_gone
+from support.helpers import address_of, wait_status
+
+pytestmark = pytest.mark.integration
+
+TASK = "containerd.task.v2.Task"
+RUNNING = 2
+
+
+def any_of(msg):
+    return wkt.Any(type_url=msg.FULL_NAME, value=msg.encode())
+
+
+class Standalone:
+    """Shims started by hand, bundles on a shared busybox rootfs."""
+
+    def __init__(self, containerd, binary):
+        self.c = containerd
+        self.binary = binary
+        self.dir = tempfile.mkdtemp(prefix="pyshim-rel-", dir="/run")
+        self.rootfs = busybox_rootfs(os.path.join(self.dir, "rootfs"))
+        self.runc_root = os.path.join(self.dir, "runc")
+        self.pids = []
+        self.sockets = []
+        self.ids = []
+
+    def bundle(self, id, args):
+        b = os.path.join(self.dir, id)
+        spec = write_bundle(b, self.rootfs, args)
+        spec["linux"]["cgroupsPath"] = "/%s/%s" % (self.c.namespace, id)
+        with open(os.path.join(b, "config.json"), "w") as f:
+            json.dump(spec, f)
+        self.ids.append(id)
+        return b
+
+    def options(self, binary_name=""):
+        return any_of(runc_pb.Options(root=self.runc_root, binary_name=binary_name))
+
+    def start(self, id, args=("sleep", "3600"), env=None):
+        """`start` a shim for a new bundle `id`; (bundle, address, serve pid)."""
+        b = self.bundle(id, args)
+        e = dict(os.environ, TTRPC_ADDRESS=self.c.ttrpc_address)
+        e.update(env or {})
+        r = subprocess.run([self.binary, "-namespace", self.c.namespace, "-address",
+                            self.c.address, "-publish-binary", "/usr/bin/containerd",
+                            "-id", id, "start"], cwd=b, input=b"", capture_output=True,
+                           env=e, timeout=30)
+        assert r.returncode == 0, r.stderr
+        address = r.stdout.decode()
+        self.sockets.append(address[len("unix://"):])
+        pids = [p for p, a in shim_processes(self.c.namespace, self.c.address, id)
+                if "start" not in a]
+        assert len(pids) == 1, pids
+        self.pids += pids
+        return b, address, pids[0]
+
+    def cleanup(self):
+        # Only shims of ours still running: a PID that ended may be reused.
+        kill_pids([p for p, _ in shim_processes(self.c.namespace, self.c.address)
+                   if p in self.pids])
+        for p in self.pids:
+            try:
+                os.waitpid(p, os.WNOHANG)   # ours if pytest is a subreaper
+            except ChildProcessError:
+                pass
+        root = os.path.join(self.runc_root, self.c.namespace)
+        for id in self.ids:
+            subprocess.run(["runc", "--root", root, "delete", "--force", id],
+                           capture_output=True, timeout=30)
+        for path in self.sockets:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        subprocess.run(["umount", "-R", self.dir], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def standalone(containerd, pyshim_binary):
+    s = Standalone(containerd, pyshim_binary)
+    yield s
+    s.cleanup()
+
+
+def wrapper(dir, step, script):
+    """A runc (Options.binary_name) that runs `script` (sh; $RUNC is the
+    real runc, "$@" its argv) for `runc <step>`, the real runc otherwise."""
+    path = os.path.join(dir, "runc-" + step)
+    with open(path, "w") as f:
+        f.write('#!/bin/sh\nRUNC=%s\nfor a in "$@"; do\n  if [ "$a" = %s ]; then\n%s\n'
+                '  fi\ndone\nexec "$RUNC" "$@"\n' % (shutil.which("runc"), step, script))
+    os.chmod(path, 0o755)
+    return path
+
+
+# ---- shutdown with requests in flight ----------------------------------------
+
+def test_shutdown_lets_requests_in_flight_finish(standalone):
+    """A Kill still waiting for `runc kill` when the container exits, is
+    deleted and the shim is told to shut down gets its reply (Go's ttrpc
+    server waits for active connections), then the shim exits and removes
+    its socket."""
+    done = os.path.join(standalone.dir, "kill-done")
+    slow_kill = wrapper(standalone.dir, "kill",
+                        '"$RUNC" "$@"; rc=$?; sleep 5; : > %s; exit $rc' % done)
+    id = "drain"
+    bundle, address, pid = standalone.start(id)
+    with ttrpc.SyncClient(address, timeout=30) as a, ttrpc.SyncClient(address, timeout=30) as b:
+        a.call(TASK, "Create", pb.CreateTaskRequest(
+            id=id, bundle=bundle, options=standalone.options(slow_kill)), pb.CreateTaskResponse)
+        a.call(TASK, "Start", pb.StartRequest(id=id), pb.StartResponse)
+        wait = b.send_raw_request(TASK, "Wait", pb.WaitRequest(id=id).encode())
+        kill = a.send_raw_request(TASK, "Kill", pb.KillRequest(id=id, signal=9).encode())
+        # The container dies at once; runc kill "returns" 5 s later.
+        assert pb.WaitResponse.decode(b.recv_response(wait).payload).exit_status == 137
+        assert b.call(TASK, "Delete", pb.DeleteRequest(id=id),
+                      pb.DeleteResponse).exit_status == 137
+        b.call(TASK, "Shutdown", pb.ShutdownRequest(id=id))
+        assert not os.path.exists(done), "runc kill ended before Shutdown: no race"
+        # Still answering meanwhile, but making no task that would die with it.
+        late = standalone.bundle("late", ["true"])
+        with pytest.raises(ttrpc.TTRPCError) as e:
+            b.call(TASK, "Create", pb.CreateTaskRequest(
+                id="late", bundle=late, options=standalone.options()))
+        assert (e.value.code, e.value.message) == (9, "shim is shutting down: failed precondition")
+        r = a.recv_response(kill)           # not "ttrpc: closed"
+        assert os.path.exists(done)
+    assert r.status is None or r.status.code == 0, r.status
+    assert not wait_pids_gone([pid], 15), "shim did not exit after Shutdown"
+    assert not os.path.exists(address[len("unix://"):])
+
+
+# ---- a client that never reads ---------------------------------------------------
+
+def memory_kib(pid, field):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s for %d" % (field, pid))
+
+
+def reset_peak(pid):
+    """Reset VmHWM (peak RSS) to the current RSS; False if the kernel refuses."""
+    try:
+        with open("/proc/%d/clear_refs" % pid, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def state_frames(cid, n):
+    req = pb_ttrpc.Request(service=TASK, method="State",
+                           payload=pb.StateRequest(id=cid).encode()).encode()
+    return b"".join(frame.encode_frame(2 * i + 1, frame.TYPE_REQUEST, 0, req)
+                    for i in range(n))
+
+
+@pytest.mark.parametrize("then", ["read", "close"])
+def test_state_flood_without_reading_keeps_the_shim_small(containerd, ctr_run, cid, then):
+    """100k State requests from a client that does not read the replies:
+    the shim stops reading that connection instead of queueing replies
+    (this grew it from 9 to 43 MiB); once the client reads, every reply
+    arrives; when it closes instead, the shim goes on serving."""
+    ctr_run("sleep", "3600", runtime=PY_RUNTIME, id=cid, detach=True, check=True)
+    assert wait_status(containerd, cid, "RUNNING") == "RUNNING"
+    address = address_of(containerd, cid)
+    with ttrpc.SyncClient(address) as cl:
+        pid = cl.call(TASK, "Connect", pb.ConnectRequest(id=cid), pb.ConnectResponse).shim_pid
+        for _ in range(2000):               # warm up: a normal client's working set
+            cl.call(TASK, "State", pb.StateRequest(id=cid), pb.StateResponse)
+    n = 100000
+    data = state_frames(cid, n)
+    base = memory_kib(pid, "VmRSS")
+    exact_peak = reset_peak(pid)
+    peak = base
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(address[len("unix://"):])
+    s.setblocking(False)
+    sent = 0
+    stalled_since = None
+    deadline = time.monotonic() + 120
+    # Send until the shim has taken nothing for 1 s (or everything).
+    while sent < len(data):
+        assert time.monotonic() < deadline, "flood never stalled"
+        try:
+            sent += s.send(data[sent:sent + 65536])
+            stalled_since = None
+        except BlockingIOError:
+            if stalled_since is None:
+                stalled_since = time.monotonic()
+            elif time.monotonic() - stalled_since > 1.0:
+                break
+            select.select([], [s], [], 0.05)
+        peak = max(peak, memory_kib(pid, "VmRSS"))
+    assert sent < len(data), "the shim took 100k requests without their replies being read"
+
+    if then == "close":
+        s.close()
+        time.sleep(1)
+    else:
+        reader = frame.FrameReader()
+        seen = set()
+        while len(seen) < n:
+            assert time.monotonic() < deadline, "only %d of %d replies" % (len(seen), n)
+            want_write = [s] if sent < len(data) else []
+            r, w, _ = select.select([s], want_write, [], 1.0)
+            if w:
+                try:
+                    sent += s.send(data[sent:sent + 65536])
+                except BlockingIOError:
+                    pass
+            if r:
+                chunk = s.recv(1 << 16)
+                assert chunk, "shim closed the connection"
+                for sid, mtype, _flags, payload, _len in reader.feed(chunk):
+                    assert mtype == frame.TYPE_RESPONSE and sid % 2 == 1 and sid not in seen
+                    resp = pb_ttrpc.Response.decode(payload)
+                    assert resp.status is None, resp.status
+                    st = pb.StateResponse.decode(resp.payload)
+                    assert (st.id, st.status) == (cid, RUNNING)
+                    seen.add(sid)
+            peak = max(peak, memory_kib(pid, "VmRSS"))
+        assert sent == len(data) and len(seen) == n
+        s.close()
+    if exact_peak:
+        peak = max(peak, memory_kib(pid, "VmHWM"))
+    growth = (peak - base) / 1024.0
+    print("shim RSS %.1f MiB, peak growth %.2f MiB (%s)" % (base / 1024.0, growth, then))
+    assert growth < 5, "shim grew by %.1f MiB" % growth
+    assert pid_alive(pid)
+    with ttrpc.SyncClient(address) as cl:
+        st = cl.call(TASK, "State", pb.StateRequest(id=cid), pb.StateResponse)
+        assert (st.id, st.status) == (cid, RUNNING)
+
+
+# ---- a shim that containerd forgot ------------------------------------------------
+
+IDLE_ENV = "PYSHIM_IDLE_EXIT_SECONDS"
+
+
+def test_shim_without_create_exits_and_removes_its_socket(standalone):
+    """containerd died between `start` and Create: the shim does not stay
+    behind for ever."""
+    t0 = time.monotonic()
+    _, address, pid = standalone.start("orphan", env={IDLE_ENV: "2"})
+    path = address[len("unix://"):]
+    time.sleep(0.5)
+    assert pid_alive(pid) and os.path.exists(path)
+    assert not wait_pids_gone([pid], 20), "shim without Create still running"
+    assert time.monotonic() - t0 >= 2
+    assert not os.path.exists(path)
+
+
+def test_shim_with_create_stays(standalone):
+    id = "adopted"
+    bundle, address, pid = standalone.start(id, env={IDLE_ENV: "1"})
+    with ttrpc.SyncClient(address, timeout=30) as cl:
+        cl.call(TASK, "Create", pb.CreateTaskRequest(
+            id=id, bundle=bundle, options=standalone.options()), pb.CreateTaskResponse)
+        time.sleep(3)
+        assert pid_alive(pid)
+        assert cl.call(TASK, "State", pb.StateRequest(id=id), pb.StateResponse).status == 1
+        cl.call(TASK, "Delete", pb.DeleteRequest(id=id), pb.DeleteResponse)
+        # Even with no task left: it got a Create, so only Shutdown ends it.
+        time.sleep(1.5)
+        assert pid_alive(pid)
+        cl.call(TASK, "Shutdown", pb.ShutdownRequest(id=id))
+    assert not wait_pids_gone([pid], 15)
+    assert not os.path.exists(address[len("unix://"):])
