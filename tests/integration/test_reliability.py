@@ -296,3 +296,57 @@ def test_shim_with_create_stays(standalone):
         cl.call(TASK, "Shutdown", pb.ShutdownRequest(id=id))
     assert not wait_pids_gone([pid], 15)
     assert not os.path.exists(address[len("unix://"):])
+
+
+# ---- callers other than root -----------------------------------------------
+
+def test_non_root_caller_is_refused(standalone, tmp_path):
+    """The socket is 0600 in a 0700 dir; even if a caller of another uid
+    reached it (here: a hard link in an open dir, the inode made 0666 for
+    this test), the shim drops the connection unanswered (SO_PEERCRED, as
+    Go's ttrpc does), and goes on serving root."""
+    _b, address, pid = standalone.start("peer")
+    path = address[len("unix://"):]
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+    open_dir = tempfile.mkdtemp(prefix="pyshim-peer-", dir="/run")
+    link = os.path.join(open_dir, "s")
+    try:
+        os.chmod(open_dir, 0o755)
+        os.link(path, link)
+        os.chmod(link, 0o666)
+        req = pb_ttrpc.Request(service=TASK, method="Connect",
+                               payload=pb.ConnectRequest(id="peer").encode()).encode()
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:          # nobody: connect, send a request, report what came back
+            code = 2
+            try:
+                os.close(r)
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(10)
+                s.connect(link)
+                try:
+                    s.sendall(frame.encode_frame(1, frame.TYPE_REQUEST, 0, req))
+                    got = s.recv(100)
+                except OSError:
+                    got = b""
+                os.write(w, b"connected:%d" % len(got))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        _, status = os.waitpid(child, 0)
+        with os.fdopen(r, "rb") as f:
+            said = f.read()
+        assert os.waitstatus_to_exitcode(status) == 0 and said == b"connected:0", said
+    finally:
+        os.chmod(path, 0o600)
+        shutil.rmtree(open_dir, ignore_errors=True)
+    # Root is still answered.
+    with ttrpc.SyncClient(address) as cl:
+        r = cl.call(TASK, "Connect", pb.ConnectRequest(id="peer"), pb.ConnectResponse)
+    assert r.shim_pid == pid
