@@ -542,8 +542,10 @@ def oom_kills(cgroup):
 
 class OomWatch:
     """A running OOM watch (from watch_oom): calls on_oom() on the loop for
-    each OOM notification. It stops by itself when the cgroup is removed;
-    close() stops it (idempotent).
+    each OOM notification. close() stops it (idempotent). v1: it also stops
+    by itself when the cgroup is removed. v2: removing a cgroup sends no
+    inotify event on cgroupfs (seen on Linux 6.12), so it only notices at
+    its next poll() (the shim closes it at Delete anyway).
 
     v1: an eventfd registered through cgroup.event_control for
     memory.oom_control. The kernel signals it when a charge fails under OOM,

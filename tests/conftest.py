@@ -23,6 +23,14 @@ Fixtures (see tests/support/containerd.py for the Containerd API):
                  `runtime` (so parametrized go/py); its id. Killed after.
 
 Tests under tests/integration/ are marked `integration` automatically.
+
+Runtime and cgroup driver (tests/support/cgroup.py): PYSHIM_TEST_RUNC=runc|crun
+(default runc) and PYSHIM_TEST_CGROUP_DRIVER=cgroupfs|systemd (default
+cgroupfs) choose BinaryName and SystemdCgroup of the runc options that the
+CRI handlers, ctr_run (and so sleeper) and test_runc_driver's Runc use, with
+systemd cgroup paths (`slice:prefix:id`) under the systemd driver. Tests that
+read cgroup files branch on the host: cgroup v2 when
+/sys/fs/cgroup/cgroup.controllers exists, else v1 / hybrid.
 """
 import itertools
 import os
@@ -31,6 +39,7 @@ import shutil
 
 import pytest
 
+from support.cgroup import RUNC_ENV, runc_name
 from support.containerd import (GO_RUNTIME, PY_RUNTIME, Containerd, find_pyshim_binary)
 
 _ids = itertools.count(1)
@@ -63,6 +72,8 @@ def _unavailable():
     for b in ("containerd", "ctr", "runc"):
         if shutil.which(b) is None:
             return "%s not found on PATH (apt-get install containerd runc)" % b
+    if shutil.which(runc_name()) is None:
+        return "%s=%s not found" % (RUNC_ENV, runc_name())
     if not os.path.exists("/bin/busybox"):
         return "/bin/busybox missing (apt-get install busybox-static)"
     return None
@@ -171,9 +182,11 @@ def ctr_run(containerd, image, make_cid):
     """run(*cmd, runtime=GO_RUNTIME, id=None, detach=False, rm=None, args=(),
            input=None, check=False, timeout=60, image=None, namespace=None)
 
-    Runs `ctr run [--rm] [-d] --runtime RUNTIME *args IMAGE ID *cmd` against
-    the session containerd and returns the CompletedProcess (text stdout and
-    stderr kept separate, as ctr without -t does) with `.id` set. rm defaults
+    Runs `ctr run [--rm] [-d] --runtime RUNTIME *run_args *args IMAGE ID *cmd`
+    against the session containerd (run_args: containerd.run_args(), for
+    PYSHIM_TEST_RUNC / PYSHIM_TEST_CGROUP_DRIVER) and returns the
+    CompletedProcess (text stdout and stderr kept separate, as ctr without -t
+    does) with `.id` set. rm defaults
     to `not detach`. id defaults to a fresh make_cid() id (cleaned up after
     the test)."""
 
@@ -189,6 +202,7 @@ def ctr_run(containerd, image, make_cid):
         if detach:
             argv.append("-d")
         argv += ["--runtime", runtime]
+        argv += containerd.run_args(runtime, id)
         argv += list(args)
         argv += [image, id]
         argv += list(cmd)

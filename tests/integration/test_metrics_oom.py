@@ -1,5 +1,7 @@
 """Stats, OOM events and runtime options through ctr, on pyshim and the Go
-shim side by side."""
+shim side by side. Metrics have the shape of the host's cgroups
+(io.containerd.cgroups.v1.Metrics on v1 / hybrid, v2.Metrics on v2); the
+containers follow PYSHIM_TEST_RUNC / PYSHIM_TEST_CGROUP_DRIVER."""
 import json
 import os
 import subprocess
@@ -7,6 +9,7 @@ import time
 
 import pytest
 
+from support.cgroup import is_v2, proc_cgroup
 from support.containerd import PY_RUNTIME, remove_cgroups
 from support.helpers import address_of, ctr_events, wait_status
 
@@ -26,16 +29,25 @@ def test_task_metrics(containerd, ctr_run, cid, runtime):
     wait_running(containerd, cid)
     m = json.loads(containerd.ctr("task", "metrics", "--format", "json", cid).stdout)
     assert m["pids"]["current"] == 2
-    assert m["memory"]["usage"]["usage"] > 0
-    assert m["cpu"]["usage"]["total"] > 0
     table = containerd.ctr("task", "metrics", cid).stdout
-    assert "memory.usage_in_bytes" in table and "pids.current" in table
+    if is_v2():
+        # io.containerd.cgroups.v2.Metrics: flat memory usage, cpu in usec
+        assert m["memory"]["usage"] > 0 and m["memory"]["usage_limit"] > 0
+        assert m["cpu"]["usage_usec"] > 0
+        assert "memory_events" in m
+        assert "memory.usage" in table and "cpu.usage_usec" in table
+    else:
+        assert m["memory"]["usage"]["usage"] > 0
+        assert m["cpu"]["usage"]["total"] > 0
+        assert "memory.usage_in_bytes" in table
+    assert "pids.current" in table
 
 
 def test_oom_event_before_exit(containerd, image, make_cid, runtime):
     cid = make_cid()
     with ctr_events(containerd) as events:
-        r = containerd.ctr("run", "--rm", "--runtime", runtime, "--memory-limit",
+        r = containerd.ctr("run", "--rm", "--runtime", runtime,
+                           *containerd.run_args(runtime, cid), "--memory-limit",
                            str(32 << 20), image, cid, "dd", "if=/dev/zero", "of=/dev/null",
                            "bs=128M", "count=1", check=False, timeout=60)
         assert r.returncode == 137, r.stderr
@@ -52,16 +64,23 @@ def test_memory_limit_update_visible_in_cgroup(containerd, ctr_run, cid, runtime
     from shim.pb import wkt
     ctr_run("sleep", "3600", runtime=runtime, id=cid, detach=True, check=True)
     wait_running(containerd, cid)
-    path = "/sys/fs/cgroup/memory/%s/%s/memory.limit_in_bytes" % (containerd.namespace, cid)
-    if not os.path.exists(path):
-        pytest.skip("no cgroup v1 memory controller at %s" % path)
+    if is_v2():
+        # memory.max of the init's own cgroup (wherever the driver put it)
+        path = os.path.join(proc_cgroup(containerd.tasks()[cid][0]), "memory.max")
+    else:
+        path = os.path.join(containerd.cgroup_dir(cid, "memory"), "memory.limit_in_bytes")
+        if not os.path.exists(path):
+            pytest.skip("no cgroup v1 memory controller at %s" % path)
+    assert os.path.exists(path), path
     address = address_of(containerd, cid)
     res = wkt.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
                   value=json.dumps({"memory": {"limit": 48 << 20}}).encode())
+    # containerd 2.x's Go shim serves only the v3 Task service
+    service = containerd.task_service
     with ttrpc.SyncClient(address) as cl:
-        cl.call(containerd.task_service, "Update", pb.UpdateTaskRequest(id=cid, resources=res))
+        cl.call(service, "Update", pb.UpdateTaskRequest(id=cid, resources=res))
         with pytest.raises(ttrpc.TTRPCError) as e:
-            cl.call(containerd.task_service, "Update", pb.UpdateTaskRequest(
+            cl.call(service, "Update", pb.UpdateTaskRequest(
                 id=cid, resources=wkt.Any(type_url=res.type_url, value=b"{nope")))
         assert e.value.code == ttrpc.UNKNOWN
     with open(path) as f:

@@ -24,8 +24,8 @@ CRI mode (`Containerd(cri=True)`, needs grpcio for the CRI client): the
 
     runtime handler "pyshim"  runtime_type io.containerd.pyshim.v1, options
                               ConfigPath = <dir>/pyshim-options.toml (runc
-                              options: BinaryName, Root, SystemdCgroup = false,
-                              plus `runtime_config`)
+                              options: BinaryName, Root, SystemdCgroup (see
+                              below), plus `runtime_config`)
     runtime handler "runc"    io.containerd.runc.v2 (the Go shim), the same
                               runc options inline, for comparisons
     runtime handler "pyshim-runc"  (containerd >= 1.7) runtime_type
@@ -38,7 +38,9 @@ CRI mode (`Containerd(cri=True)`, needs grpcio for the CRI client): the
 
 runc state of both handlers is private (Root = <dir>/runc, so runc's root is
 <dir>/runc/k8s.io), pod cgroups go under /<c.cri_cgroup_root>/ (use
-c.cgroup_parent(name) as a pod's cgroup_parent). start() waits until CRI
+c.cgroup_parent(name) as a pod's cgroup_parent: a systemd slice with the
+systemd driver, pyshim_cri_<pid>_<n>-<name>.slice, so that CRI gives runc
+the cgroupsPath `<slice>:cri-containerd:<id>`). start() waits until CRI
 answers, c.cri is a support.cri.CRIClient, c.import_cri_images() imports the
 busybox and pause images into "k8s.io". cleanup() also stops and removes every
 pod through CRI, then checks the "k8s.io" namespace like any other.
@@ -50,6 +52,15 @@ prints. That dir comes first on the daemon's PATH, so `io.containerd.runc.v2`
 is the Go shim of the same release. containerd 2.x gets a version 3 config
 (CRI in io.containerd.cri.v1.runtime / .images) with NRI disabled, so that
 private daemons do not take the machine-wide NRI socket.
+
+Runtime binary and cgroup driver (support.cgroup): PYSHIM_TEST_RUNC=runc|crun
+(default runc) and PYSHIM_TEST_CGROUP_DRIVER=cgroupfs|systemd (default
+cgroupfs) set BinaryName and SystemdCgroup of both CRI handlers, and
+c.run_args(runtime, id) gives the matching `ctr run` arguments (none with
+the defaults): `--cgroup <c.slice>:ctr:<id>` with systemd, `--runc-binary` /
+`--runc-systemd-cgroup` for the Go shim, `--runtime-config-path` (a TOML with
+BinaryName, SystemdCgroup) for pyshim. c.cgroup_dir(id) is where such a
+container's cgroup is. cleanup() stops the test's slices (systemd).
 
 stdlib only (CRI mode: plus grpcio, imported lazily); needs root.
 """
@@ -63,6 +74,9 @@ import sys
 import sysconfig
 import tempfile
 import time
+
+from .cgroup import (ROOT as CGROUP_ROOT, is_v2, runc_binary, runc_is_default, stop_slice,
+                     systemd_cgroup, systemd_scope_dir)
 
 GO_RUNTIME = "io.containerd.runc.v2"
 PY_RUNTIME = "io.containerd.pyshim.v1"
@@ -437,6 +451,10 @@ class Containerd:
         self._logf = None
         self.cri_enabled = bool(cri)
         self._cri_client = None
+        # PYSHIM_TEST_RUNC / PYSHIM_TEST_CGROUP_DRIVER: the runc options asked for
+        # (CRI handlers, run_args) and, with systemd, the slice of ctr's containers.
+        self.runc_options = {"BinaryName": runc_binary(), "SystemdCgroup": systemd_cgroup()}
+        self.slice = self.namespace.replace("-", "_") + ".slice"
         disabled = list(DISABLED_PLUGINS)
         if self.version >= (2, 0, 0):
             disabled.append("io.containerd.nri.v1.nri")
@@ -458,9 +476,10 @@ class Containerd:
         self.cni_dir = os.path.join(self.dir, "cni")
         self.cri_options_path = os.path.join(self.dir, "pyshim-options.toml")
         self.cri_cgroup_root = "pyshim-cri-%d-%d" % (os.getpid(), n)
+        if systemd_cgroup():    # a slice: pods' parents are slices below it
+            self.cri_cgroup_root = "pyshim_cri_%d_%d.slice" % (os.getpid(), n)
         os.makedirs(self.cni_dir)
-        opts = {"BinaryName": shutil.which("runc") or "runc", "Root": self.cri_runc_base,
-                "SystemdCgroup": False}
+        opts = dict(self.runc_options, Root=self.cri_runc_base)
         opts.update(runtime_config)
         self.cri_runtime_options = opts
         with open(self.cri_options_path, "w") as f:
@@ -507,8 +526,42 @@ class Containerd:
         return os.path.join(RUNC_ROOT_BASE, namespace)
 
     def cgroup_parent(self, name):
-        """CRI mode: a pod cgroup_parent under our private cgroup root."""
+        """CRI mode: a pod cgroup_parent under our private cgroup root (with
+        the systemd driver a slice below our root slice: no dashes in name,
+        they would be slice levels)."""
+        if systemd_cgroup():
+            return "%s-%s.slice" % (self.cri_cgroup_root[:-len(".slice")],
+                                    name.replace("-", "_"))
         return "/%s/%s" % (self.cri_cgroup_root, name)
+
+    def run_args(self, runtime, id):
+        """`ctr run` arguments for PYSHIM_TEST_RUNC / PYSHIM_TEST_CGROUP_DRIVER
+        (module docstring); [] with the defaults."""
+        args = []
+        if systemd_cgroup():
+            args += ["--cgroup", "%s:ctr:%s" % (self.slice, id)]
+        elif runc_is_default():
+            return args
+        if runtime == GO_RUNTIME:
+            args += ["--runc-binary", self.runc_options["BinaryName"]]
+            if systemd_cgroup():
+                args.append("--runc-systemd-cgroup")
+        else:
+            path = os.path.join(self.dir, "ctr-runc-options.toml")
+            if not os.path.exists(path):
+                with open(path, "w") as f:
+                    f.write(_toml_table(self.runc_options))
+            args += ["--runtime-config-path", path]
+        return args
+
+    def cgroup_dir(self, id, controller="memory"):
+        """The cgroup dir of a container `ctr run` made with run_args() (v1:
+        that of `controller`)."""
+        if not is_v2():
+            return os.path.join(CGROUP_ROOT, controller, self.namespace, id)
+        if systemd_cgroup():
+            return systemd_scope_dir(self.slice, "ctr", id)
+        return os.path.join(CGROUP_ROOT, self.namespace, id)
 
     @property
     def cri(self):
@@ -737,6 +790,10 @@ class Containerd:
             problems += ["shim process left: %d %s" % (p, " ".join(a)) for p, a in shims]
             kill_pids([p for p, _ in shims])
         del left
+        if systemd_cgroup():
+            problems += stop_slice(self.slice)
+            if self.cri_enabled:
+                problems += stop_slice(self.cri_cgroup_root)
         for ns in namespaces:
             problems += self._cleanup_runc_root(self.runc_root_of(ns))
             if self.cri_enabled and ns == CRI_NAMESPACE:
@@ -780,7 +837,7 @@ class Containerd:
             return problems
         for id in os.listdir(root):
             problems.append("runc container left: %s/%s" % (root, id))
-            subprocess.run(["runc", "--root", root, "delete", "--force", id],
+            subprocess.run([runc_binary(), "--root", root, "delete", "--force", id],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
         try:
             os.rmdir(root)

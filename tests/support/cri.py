@@ -18,7 +18,11 @@ this repository: api_proto() takes it from Debian's containerd source package
   4. `apt-get source --download-only containerd=<version>`, extracting only
      that file from the orig tarball; when apt has no deb-src entry for it,
      deb-src entries are derived from the machine's Debian `deb` entries into
-     /etc/apt/sources.list.d/pyshim-deb-src.sources (then apt-get update).
+     /etc/apt/sources.list.d/pyshim-deb-src.sources (then apt-get update);
+     containerd 2.x's Debian source vendors no cri-api, so for it instead:
+     `apt-get download` of the cri-api library package it builds with
+     (golang-k8s-cri-api-dev, or golang-github-kubernetes-cri-api-dev in
+     older releases), extracting the file from the .deb.
 
 cri_pb2() strips the gogoproto import and options from a copy and compiles it
 with protoc (Debian protobuf-compiler) into the cache, then imports it. gRPC
@@ -108,7 +112,15 @@ def api_proto(use_suite_cache=None):
         for p in sorted(glob.glob(os.path.expanduser(SUITE_CACHE_GLOB))):
             if want in p:
                 return _install(p, cached)
+    if _major(version) >= 2:
+        return fetch_api_proto_deb(cached)
     return fetch_api_proto(version, cached)
+
+
+def _major(version):
+    """Major of a Debian version such as 2.1.9+ds1-5 (or 1:2.1.9...), 0 if none."""
+    m = re.match(r"^(?:\d+:)?(\d+)", version)
+    return int(m.group(1)) if m else 0
 
 
 def _apt_get(args, cwd=None, timeout=600):
@@ -153,6 +165,46 @@ def fetch_api_proto(version, dest):
                 return _install(found[0], dest)
         raise CRISetupError("%s not found in %s" % (API_PROTO_SUBPATH,
                                                     ", ".join(map(os.path.basename, tars))))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# The cri-api library package, by its name in Debian >= trixie / before it.
+CRI_API_DEBS = ("golang-k8s-cri-api-dev", "golang-github-kubernetes-cri-api-dev")
+DEB_API_PROTO = "usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto"
+
+
+def fetch_api_proto_deb(dest):
+    """apt-get download the first cri-api library package apt knows (after
+    an apt-get update if none), copy its api.proto to dest; returns dest."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise CRISetupError("apt-get/dpkg-deb not found: cannot fetch the CRI api.proto; "
+                            "set PYSHIM_CRI_API_PROTO")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="deb.", dir=os.path.dirname(dest))
+    try:
+        out = ""
+        for update in (False, True):
+            if update:
+                _apt_get(["update"])
+            for name in CRI_API_DEBS:
+                r = _apt_get(["download", name], cwd=tmp)
+                out += r.stdout[-1000:]
+                if r.returncode == 0:
+                    break
+            else:
+                continue
+            break
+        debs = glob.glob(os.path.join(tmp, "*.deb"))
+        if not debs:
+            raise CRISetupError("apt-get download %s failed:\n%s"
+                                % (" / ".join(CRI_API_DEBS), out))
+        x = os.path.join(tmp, "x")
+        subprocess.run(["dpkg-deb", "-x", debs[0], x], check=True)
+        found = os.path.join(x, DEB_API_PROTO)
+        if not os.path.isfile(found):
+            raise CRISetupError("%s has no %s" % (os.path.basename(debs[0]), DEB_API_PROTO))
+        return _install(found, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
