@@ -13,6 +13,8 @@ time: the serving process pays for every module (see docs/design.md).
 import os
 import sys
 
+from shim import bundle as bundle_files
+
 RUNTIME = "io.containerd.pyshim.v1"
 BINARY = "containerd-shim-pyshim-v1"
 VERSION = "0.1.0"
@@ -186,20 +188,9 @@ def group_key(spec, id):
 
 # ---- helpers ----------------------------------------------------------------
 
-def _go_err(op, path, e):
-    """Go-style `open /x: no such file or directory`."""
-    s = e.strerror or str(e)
-    return "%s %s: %s" % (op, path, s[:1].lower() + s[1:])
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except InterruptedError:
-            continue
-        view = view[n:]
+_go_err = bundle_files.go_err
+_write_all = bundle_files.write_all
+write_address = bundle_files.write_address
 
 
 def _read_all_stdin():
@@ -304,23 +295,6 @@ def _runc_options(any_opts):
         return options.decode(any_opts)
     except options.OptionsError as e:
         raise RuntimeError(str(e))
-
-
-def write_address(bundle, address):
-    """<bundle>/address, atomically (.address O_EXCL, then rename)."""
-    path = os.path.join(bundle, "address")
-    tmp = os.path.join(bundle, ".address")
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_SYNC | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, 0o666)
-    except FileExistsError:
-        os.unlink(tmp)       # left by a start that died half-way
-        fd = os.open(tmp, flags, 0o666)
-    try:
-        _write_all(fd, address.encode())
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
 
 
 def _somaxconn():
@@ -535,19 +509,12 @@ def _sched_core():
 
 def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
     """The `start` action (spec shim-binary.md §4); cwd is the bundle."""
-    from shim import jsonlite
     bundle = os.getcwd()
     if stdin_data is None:
         stdin_data = _read_all_stdin()
     bp = bootstrap_params(stdin_data, flags)
     opts_any, bs_dir = decode_start_input(stdin_data, flags, bp)
-    try:
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
-            spec = jsonlite.loads(f.read())
-    except OSError as e:
-        raise RuntimeError(_go_err("open", "config.json", e))
-    except ValueError as e:
-        raise RuntimeError("config.json: %s" % e)
+    spec = bundle_files.read_spec(bundle)
     group = group_key(spec, flags.id)
     path = socket_path(flags.address, flags.namespace, group, bs_dir or socket_dir)
     address = "unix://" + path
@@ -645,11 +612,11 @@ def _encode_delete_response(pid, exit_status, now):
 
 def _runc_delete(flags, bundle, runc_mod):
     try:
-        binary = runc_mod.read_runtime(bundle)
+        binary = bundle_files.read_runtime(bundle)
     except OSError as e:
-        raise RuntimeError(_go_err("open", os.path.join(bundle, "runtime"), e))
+        raise RuntimeError(_go_err("open", os.path.join(bundle, bundle_files.RUNTIME_FILE), e))
     try:
-        opts = runc_mod.read_bundle_options(bundle)
+        opts = bundle_files.read_bundle_options(bundle)
     except (OSError, ValueError) as e:
         _warn("failed to read options.json: %s" % e)
         opts = {}
@@ -673,7 +640,7 @@ def do_delete(flags):
         bundle = flags.bundle
     else:
         bundle = os.path.join(os.path.dirname(os.getcwd()), flags.id)
-    if not runc_mod.is_marked_deleted(bundle):
+    if not bundle_files.is_marked_deleted(bundle):
         _runc_delete(flags, bundle, runc_mod)
     # else: the serving shim's Delete already ran runc delete (the normal
     # path: containerd runs this action after every disconnect).
@@ -699,14 +666,9 @@ def _remove_dead_socket(bundle):
     """A shim that was killed leaves its socket file behind; remove it when
     nothing listens on it any more (a grouped shim still serving others
     answers the connect and keeps its socket)."""
-    try:
-        with open(os.path.join(bundle, "address")) as f:
-            address = f.read().strip()
-    except OSError:
+    path = bundle_files.read_socket_path(bundle)
+    if path is None:
         return
-    if not address.startswith("unix://"):
-        return
-    path = address[len("unix://"):]
     if os.path.exists(path) and not _can_connect(path):
         try:
             os.unlink(path)
