@@ -14,12 +14,12 @@ import os
 import sys
 
 from shim import bundle as bundle_files
+from shim.sockets import SOCKET_DIR, listen_unix, remove_if_dead, socket_path
 
 RUNTIME = "io.containerd.pyshim.v1"
 BINARY = "containerd-shim-pyshim-v1"
 VERSION = "0.1.0"
 REVISION = ""
-SOCKET_DIR = "/run/containerd/s"
 GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 FEATURES_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
 ACTIONS = ("start", "delete")
@@ -28,7 +28,6 @@ STRING_FLAGS = ("namespace", "id", "address", "publish-binary", "bundle", "socke
                 "debug-socket")
 BOOL_FLAGS = ("debug", "v", "version", "info", "h", "help")
 
-EADDRINUSE = 98
 EACCES = 13
 EPERM = 1
 SIGKILL = 9
@@ -126,52 +125,6 @@ def parse_flags(argv):
     f.args = list(argv[i:])
     f.action = f.args[0] if f.args else ""
     return f
-
-
-# ---- socket address ---------------------------------------------------------
-
-def go_clean(p):
-    """Go's path.Clean."""
-    if p == "":
-        return "."
-    rooted = p.startswith("/")
-    out = []
-    for part in p.split("/"):
-        if part == "" or part == ".":
-            continue
-        if part == "..":
-            if out and out[-1] != "..":
-                out.pop()
-            elif not rooted:
-                out.append("..")
-            continue
-        out.append(part)
-    s = "/".join(out)
-    if rooted:
-        return "/" + s
-    return s or "."
-
-
-def go_join(*parts):
-    """Go's filepath.Join: join the non-empty parts with / and Clean."""
-    parts = [p for p in parts if p]
-    if not parts:
-        return ""
-    return go_clean("/".join(parts))
-
-
-def socket_path(address, namespace, group, socket_dir=SOCKET_DIR):
-    """/run/containerd/s/<sha256 hex of filepath.Join(address, ns, group)>."""
-    try:
-        from _sha256 import sha256   # builtin: skips hashlib's OpenSSL load
-    except ImportError:
-        from hashlib import sha256
-    d = sha256(go_join(address, namespace, group).encode("utf-8", "surrogateescape"))
-    return "%s/%s" % (socket_dir.rstrip("/") or "", d.hexdigest())
-
-
-def socket_address(address, namespace, group, socket_dir=SOCKET_DIR):
-    return "unix://" + socket_path(address, namespace, group, socket_dir)
 
 
 def group_key(spec, id):
@@ -295,59 +248,6 @@ def _runc_options(any_opts):
         return options.decode(any_opts)
     except options.OptionsError as e:
         raise RuntimeError(str(e))
-
-
-def _somaxconn():
-    try:
-        with open("/proc/sys/net/core/somaxconn", "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 4096
-
-
-def _can_connect(path):
-    import _socket
-    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        s.settimeout(1.0)
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def listen_unix(path):
-    """Bind+listen path (0600, dir 0700). Returns the socket, or None when
-    the address is in use by a live listener (an existing shim of the
-    group); a stale socket file is removed and bound again."""
-    import _socket
-    d = os.path.dirname(path)
-    if d:
-        os.makedirs(d, 0o700, exist_ok=True)
-    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        try:
-            s.bind(path)
-        except OSError as e:
-            if e.errno != EADDRINUSE:
-                raise
-            if _can_connect(path):
-                s.close()
-                return None
-            os.unlink(path)
-            s.bind(path)
-        try:
-            s.listen(_somaxconn())
-            os.chmod(path, 0o600)
-        except BaseException:
-            os.unlink(path)
-            raise
-    except BaseException:
-        s.close()
-        raise
-    return s
 
 
 def _self_argv(self_path):
@@ -669,11 +569,10 @@ def _remove_dead_socket(bundle):
     path = bundle_files.read_socket_path(bundle)
     if path is None:
         return
-    if os.path.exists(path) and not _can_connect(path):
-        try:
-            os.unlink(path)
-        except OSError as e:
-            _warn("failed to remove socket %s: %s" % (path, e))
+    try:
+        remove_if_dead(path)
+    except OSError as e:
+        _warn("failed to remove socket %s: %s" % (path, e))
 
 
 def runc_features(binary, timeout=5.0):

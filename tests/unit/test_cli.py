@@ -98,40 +98,6 @@ def test_run_flag_error_exit_2(capfd):
     assert "flag needs an argument" in capfd.readouterr().err
 
 
-# ---- socket naming ----------------------------------------------------------
-
-def test_socket_address_hash():
-    h = hashlib.sha256(b"/run/containerd/containerd.sock/default/c1").hexdigest()
-    assert cli.socket_address("/run/containerd/containerd.sock", "default", "c1") == \
-        "unix:///run/containerd/s/" + h
-    assert cli.socket_path("/run/containerd/containerd.sock", "default", "c1") == \
-        "/run/containerd/s/" + h
-    assert len(h) == 64 and h == h.lower()
-
-
-def test_socket_address_is_path_joined():
-    # filepath.Join cleans: duplicate and trailing slashes, "." and "..".
-    want = cli.socket_address("/a/b.sock", "ns", "g")
-    assert cli.socket_address("/a//b.sock/", "ns", "g") == want
-    assert cli.socket_address("/a/./x/../b.sock", "ns", "g") == want
-    assert cli.socket_address("/tmp/x.sock", "ns", "c1", socket_dir="/tmp/s/") == \
-        "unix:///tmp/s/" + hashlib.sha256(b"/tmp/x.sock/ns/c1").hexdigest()
-
-
-@pytest.mark.parametrize("path,clean", [
-    ("", "."), ("/", "/"), ("//a//b/", "/a/b"), ("a/../..", ".."), ("/../a", "/a"),
-    ("a/./b/.", "a/b"), ("./", "."), ("/a/b/../../..", "/"),
-])
-def test_go_clean(path, clean):
-    assert cli.go_clean(path) == clean
-
-
-def test_go_join():
-    assert cli.go_join("/a", "", "b") == "/a/b"
-    assert cli.go_join("", "") == ""
-    assert cli.go_join("a", "b/") == "a/b"
-
-
 def test_group_key():
     assert cli.group_key({}, "c1") == "c1"
     assert cli.group_key({"annotations": None}, "c1") == "c1"
