@@ -136,6 +136,10 @@ def do_serve(flags, argv=None, self_path=None):
             os.fstat(listen_fd)
         except OSError:
             raise RuntimeError("no listening socket on fd 3 (serve mode is started by `start`)")
+    from shim import launch
+    argv0 = launch.invoked_as()
+    if argv0 and argv is not None:
+        launch.show_name([argv0] + list(argv))
     from shim import serve
     serve.serve(flags, listen_fd)
     return 0

@@ -69,7 +69,8 @@ def _fork_serve(flags, sock, debug, env_add):
     a second interpreter (what Go must do): it saves ~20 ms on every shim
     start, and the modules start imported are ones serve needs anyway. The
     child detaches (new session, stdio on /dev/null, only the listening
-    socket kept), shows the serve argv in /proc/PID/cmdline, and serves."""
+    socket kept), shows the name containerd invoked it under with the serve
+    flags (show_name), and serves."""
     null = os.open("/dev/null", os.O_RDWR)
     ready_r, ready_w = os.pipe()
     pid = os.fork()
@@ -92,11 +93,9 @@ def _fork_serve(flags, sock, debug, env_add):
         # SIGUSR1 (state dump) likewise: its default action would kill us.
         _signal.pthread_sigmask(_signal.SIG_BLOCK, {SIGTERM, SIGINT, SIGUSR1})
         os.setsid()
-        from shim import _native
-        orig = sys.orig_argv if hasattr(sys, "orig_argv") else []
-        prefix = orig[:4] if len(orig) >= 4 and orig[1:3] == ["-I", "-S"] else orig[:1]
-        if not _native.set_cmdline(prefix + serve_flags(flags, debug)):
-            _native.set_cmdline(prefix + serve_flags(flags, False))
+        argv0 = invoked_as()
+        if argv0:
+            show_name([argv0] + serve_flags(flags, debug))
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         lfd = sock.detach()
@@ -113,6 +112,44 @@ def _fork_serve(flags, sock, debug, env_add):
         code = 1
     finally:
         os._exit(code)
+
+
+def invoked_as():
+    """The shim binary's path as containerd ran it (the drop-in's
+    .../containerd-shim-runc-v2, a symlink, stays that): the launcher hands
+    its $0 to Python as the script path. "" when there is no launcher
+    (python -c, development)."""
+    a = sys.argv[0] if sys.argv else ""
+    return "" if not a or a in ("-c", "-m") else a
+
+
+def show_name(argv):
+    """Show this serving process to process tools (ps, pgrep, pidof,
+    monitoring agents that count shims by name) as the Go shim it stands
+    in for shows: /proc/PID/cmdline = argv (argv[0]: the binary as
+    invoked), /proc/PID/comm = basename of argv[0] cut to 15 bytes, which is
+    what the kernel gives an exec'd binary ("containerd-shim" for both
+    containerd-shim-runc-v2 and containerd-shim-pyshim-v1), where an
+    unnamed pyshim would show python3's.
+
+    cmdline: the kernel's argv area is pointed at a new buffer holding
+    argv (prctl PR_SET_MM_MAP, no capability needed): the result is byte
+    for byte what Go's shim shows. Overwriting the original argv area in
+    place (python3 -I -S <launcher> <start's flags> start, always longer
+    than the serve argv) is the fallback where the kernel refuses that
+    (built without CONFIG_CHECKPOINT_RESTORE): it leaves a tail of NULs,
+    which ps and `pgrep -a` print as trailing spaces and which defeats
+    anchored `pgrep -f '...$'` patterns."""
+    from shim import _native
+    try:
+        _native.set_comm(os.path.basename(argv[0]))
+    except OSError:
+        pass
+    try:
+        _native.set_cmdline_buffer(argv)
+    except OSError:
+        if not _native.set_cmdline(argv) and "-debug" in argv:
+            _native.set_cmdline([a for a in argv if a != "-debug"])
 
 
 def sched_core():
