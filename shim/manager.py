@@ -10,8 +10,8 @@
              print a DeleteResponse
     -info    print RuntimeInfo (name, version, options, `runc features`)
 
-Imports only `os` and `sys` and the shim's bundle and socket helpers at
-load time: the serving process forked by `start` keeps what start loaded.
+Imports only `os`, `sys` and the shim's bundle, socket and launch helpers
+at load time: the serving process forked by `start` keeps what start loaded.
 """
 import os
 import sys
