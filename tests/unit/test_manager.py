@@ -21,7 +21,8 @@ from shim.pb import bootstrap, runc as runc_pb, task, types, wkt
 def test_group_key():
     assert manager.group_key({}, "c1") == "c1"
     assert manager.group_key({"annotations": None}, "c1") == "c1"
-    assert manager.group_key({"annotations": {"io.kubernetes.cri.sandbox-id": "pod"}}, "c1") == "pod"
+    pod = {"annotations": {"io.kubernetes.cri.sandbox-id": "pod"}}
+    assert manager.group_key(pod, "c1") == "pod"
     assert manager.group_key({"annotations": {"io.kubernetes.cri.sandbox-id": "pod",
                                           "io.containerd.runc.v2.group": "g1"}}, "c1") == "g1"
     assert manager.group_key({"annotations": {"other": "x"}}, "c1") == "c1"
@@ -279,7 +280,8 @@ def test_info(capfdbinary, tmp_path):
     assert json.loads(info.features.value) == {"ociVersionMin": "1.0.0"}
     # No options, a runc without `features`: name and version only.
     fake.write_text("#!/bin/sh\nexit 1\n")
-    assert manager.do_info(_flags(info=True), stdin_data=_opts_any(binary_name=str(fake)).encode()) == 0
+    opts = _opts_any(binary_name=str(fake)).encode()
+    assert manager.do_info(_flags(info=True), stdin_data=opts) == 0
     info = types.RuntimeInfo.decode(capfdbinary.readouterr().out)
     assert info.features is None
     assert manager.do_info(_flags(info=True), stdin_data=b"") == 0
@@ -289,8 +291,8 @@ def test_info(capfdbinary, tmp_path):
 
 def test_start_reply_plain_or_bootstrap_result():
     assert manager.start_reply("unix:///run/containerd/s/ab", None) == b"unix:///run/containerd/s/ab"
-    bp = manager.bootstrap_params(bootstrap.BootstrapParams(instance_id="c1", namespace="n").encode(),
-                              _flags(namespace="n", id="c1"))
+    params = bootstrap.BootstrapParams(instance_id="c1", namespace="n").encode()
+    bp = manager.bootstrap_params(params, _flags(namespace="n", id="c1"))
     assert bp is not None
     r = bootstrap.BootstrapResult.decode(manager.start_reply("unix:///s/x", bp))
     assert (r.version, r.address, r.protocol) == (3, "unix:///s/x", "ttrpc")
