@@ -15,16 +15,15 @@ to waitpid(-1). A failure raises RuncError whose message is the `msg` of the
 last `"level":"error"` line this invocation appended to log.json, else the
 captured output, else `exit status N`.
 
-Bundle files (private to the shim; `delete` reads them in a fresh process):
-  runtime       the runc binary name (Options.binary_name, may be empty)
-  options.json  JSON object, written by write_bundle_options(): the decoded
-                containerd.runc.v1.Options fields by their proto names, e.g.
-                {"binary_name": "runc", "root": "", "systemd_cgroup": false,
-                 "criu_path": "", "no_pivot_root": false, ...}
+The shim's bundle files (runtime, options.json, the deleted mark) are read
+and written by shim.bundle; the names below are re-exported for callers.
 """
 import os
 
 from shim import _native
+from shim.bundle import (DELETED_MARK, clear_deleted_mark, is_marked_deleted,  # noqa: F401
+                         mark_deleted, read_bundle_options, read_runtime,
+                         write_bundle_options)
 
 DEFAULT_BINARY = "runc"
 DEFAULT_ROOT = "/run/containerd/runc"
@@ -50,54 +49,7 @@ class RuncError(Exception):
         return self.message
 
 
-# ---- bundle files ----------------------------------------------------------
-
-def _write_atomic(path, data):
-    tmp = os.path.join(os.path.dirname(path), ".%s.tmp%d" % (os.path.basename(path), os.getpid()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        while data:
-            n = os.write(fd, data)
-            data = data[n:]
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-
-
-def write_bundle_options(bundle, opts):
-    """Persist runtime options for the `delete` action: `<bundle>/runtime`
-    (binary name, possibly empty = runc) and `<bundle>/options.json` (the
-    dict as JSON; keys are the Options field names: binary_name, root,
-    systemd_cgroup, criu_path, ...)."""
-    from shim import jsonlite
-    opts = dict(opts or {})
-    _write_atomic(os.path.join(bundle, "options.json"), jsonlite.dumps(opts).encode())
-    _write_atomic(os.path.join(bundle, "runtime"),
-                  (opts.get("binary_name") or "").encode())
-
-
-def read_bundle_options(bundle):
-    """The dict write_bundle_options() stored ({} if there is none)."""
-    try:
-        with open(os.path.join(bundle, "options.json"), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return {}
-    if not data.strip():
-        return {}
-    from shim import jsonlite
-    v = jsonlite.loads(data)
-    if not isinstance(v, dict):
-        raise ValueError("%s/options.json: not a JSON object" % bundle)
-    return v
-
-
-def read_runtime(bundle):
-    """`<bundle>/runtime` (the runc binary; "" means runc). Raises
-    FileNotFoundError if the file is missing (delete action: exit 1)."""
-    with open(os.path.join(bundle, "runtime"), "rb") as f:
-        return f.read().decode("utf-8", "surrogateescape").strip()
-
+# ---- pid file -----------------------------------------------------------------
 
 def read_pid_file(path):
     """The pid runc wrote with --pid-file (ValueError / OSError on failure)."""
@@ -607,31 +559,6 @@ def run_sync(argv, timeout=4.0):
     finally:
         os.close(r)
     return status, b"".join(chunks)
-
-
-DELETED_MARK = ".pyshim-deleted"
-
-
-def mark_deleted(bundle):
-    """The serving shim ran `runc delete` and unmounted the rootfs: tell the
-    `delete` action (which containerd runs after every shim disconnect) that
-    it need not start runc again."""
-    try:
-        os.close(os.open(os.path.join(bundle, DELETED_MARK),
-                         os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-    except OSError:
-        pass
-
-
-def clear_deleted_mark(bundle):
-    try:
-        os.unlink(os.path.join(bundle, DELETED_MARK))
-    except OSError:
-        pass
-
-
-def is_marked_deleted(bundle):
-    return os.path.exists(os.path.join(bundle, DELETED_MARK))
 
 
 def delete_sync(runc, id, bundle, force=True, timeout=4.0):

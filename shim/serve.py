@@ -2,6 +2,7 @@
 import os
 
 from shim import ttrpc
+from shim.bundle import read_socket_path
 from shim.events import Publisher
 from shim.io import stop_loggers
 from shim.log import log
@@ -19,18 +20,6 @@ DRAIN_TIMEOUT = 10.0        # seconds an exiting shim waits for requests in flig
 # stop it. <= 0 turns it off.
 IDLE_EXIT_ENV = "PYSHIM_IDLE_EXIT_SECONDS"
 IDLE_EXIT_SECONDS = 30.0
-
-
-def _socket_path(bundle):
-    """Our listening socket's path, from the `address` file `start` wrote."""
-    try:
-        with open(os.path.join(bundle, "address")) as f:
-            addr = f.read().strip()
-    except OSError:
-        return None
-    if addr.startswith("unix://"):
-        return addr[len("unix://"):]
-    return None
 
 
 def _idle_exit_seconds():
@@ -53,7 +42,7 @@ def serve(flags, listen_fd):
     log.configure(bundle, flags.debug)
     loop = get_loop()
     loop.on_error = lambda exc, where: log.error("unexpected error in %s: %r" % (where, exc))
-    socket_path = flags.socket or _socket_path(bundle)
+    socket_path = flags.socket or read_socket_path(bundle)
 
     reaper = Reaper(loop)
     publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), flags.namespace, loop, log)
