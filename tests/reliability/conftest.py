@@ -47,3 +47,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     except OSError as e:
         terminalreporter.write_line("could not write the reliability table to %s: %s"
                                     % (path, e))
+
+
+@pytest.fixture
+def live(containerd, sleeper):
+    """A running `sleep 3600` container on `runtime` (the sleeper fixture):
+    (cid, shim address, task service name)."""
+    from support.helpers import address_of
+    return sleeper, address_of(containerd, sleeper), containerd.task_service
