@@ -8,8 +8,6 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from support import leaks, reltable
 from support.helpers import wait_status
 

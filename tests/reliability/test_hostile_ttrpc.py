@@ -9,13 +9,10 @@ Single malformed requests and their exact replies are in
 tests/integration/test_ttrpc_wire.py; the 100k unread-request flood and its
 memory bound in tests/integration/test_reliability.py. This is the same
 kind of input in volume, against one shim, class after class."""
-import os
 import random
 import select
 import socket
 import time
-
-import pytest
 
 from shim import frame, ttrpc
 from shim.pb import task as pb
