@@ -22,7 +22,7 @@ IDLE_ENV = "PYSHIM_IDLE_EXIT_SECONDS"
 IDLE = 4                # PYSHIM_IDLE_EXIT_SECONDS for this test's shims
 BURST = 10              # creates per round
 ROUNDS = 2
-KILL_AT = (0.3, 0.6)    # of the round's creates whose shim has started, per round
+KILL_AT = (1, 4)        # runc-created containers (init.pid written) at the kill, per round
 
 
 def sigkill_and_restart(c):
@@ -38,9 +38,13 @@ def burst_then_kill(c, image, runtime, ids, kill_at):
         procs.append(c.ctr_popen("run", "-d", "--runtime", runtime, *c.run_args(runtime, id),
                                  image, id, "sleep", "3600", stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    # Kill once `kill_at` containers exist in runc (their bundle has
+    # init.pid): the others are somewhere between `start` and Start.
     deadline = time.monotonic() + 20
-    while len(c.shims()) < kill_at * len(ids) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while time.monotonic() < deadline:
+        if sum(os.path.exists(os.path.join(c.bundle(id), "init.pid")) for id in ids) >= kill_at:
+            break
+        time.sleep(0.005)
     sigkill_and_restart(c)
     for p in procs:
         try:

@@ -160,7 +160,7 @@ def flood_without_reads(address, svc, rng, pid=None):
     s.close()
     time.sleep(0.5)
     after = memory_kib(pid)["Rss"]
-    return "%d%% taken, RSS +%.1f MiB peak, +%.1f after close" % (
+    return "%d%% taken, RSS %+.1f MiB peak, %+.1f after close" % (
         100 * sent // len(data), (peak - base) / 1024, (after - base) / 1024)
 
 
