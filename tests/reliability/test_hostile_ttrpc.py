@@ -67,20 +67,24 @@ def truncated_frames(address, svc, rng):
 
 
 def wrong_types(address, svc, rng):
-    """Frames of every type but request, carrying a valid request; then a
-    good request on the same connection (answered, if the shim kept the
-    connection: both do)."""
+    """Frames of every type but request, with the flags that matter
+    (remote-closed, no-data, all), carrying a valid request; then a good
+    request on the same connection (answered if the shim kept it). A data
+    frame with FLAG_NO_DATA on a stream nobody opened makes the Go shim of
+    containerd 2.x panic (ttrpc 1.2: "interface conversion: interface {}
+    is nil, not *ttrpc.streamHandler")."""
     req = pb_ttrpc.Request(service=svc, method="State",
                            payload=pb.StateRequest(id="nope").encode()).encode()
+    combos = [(t, f) for t in (0, 2, 3, 4, 0x7f, 0xff)
+              for f in (0, frame.FLAG_REMOTE_CLOSED, frame.FLAG_NO_DATA, 0xff)]
     answered = 0
-    for i in range(CONNS):
+    for i, (t, f) in enumerate(combos):
         with raw(address) as s:
-            for t in (0, 2, 3, 4, 0x7f, 0xff):
-                s.sendall(frame.encode_frame(2 * i + 1, t, rng.randrange(256), req))
+            s.sendall(frame.encode_frame(2 * i + 1, t, f, req))
             s.sendall(request_frame(2 * i + 3, svc, "Connect", pb.ConnectRequest()))
             fr = read_frame(s)
             answered += fr is not None and fr[0] == 2 * i + 3
-    return "%d/%d connections answered after" % (answered, CONNS)
+    return "%d/%d connections answered after" % (answered, len(combos))
 
 
 def garbage_payloads(address, svc, rng):
@@ -194,15 +198,19 @@ def test_hostile_input_class_by_class(containerd, live, runtime):
         task_pid = state(cl, svc, cid).pid
     base_fds = fd_count(pid)
     failures = []
+    gone = None
     for name, attack in CLASSES:
+        check = "hostile ttrpc: %s -> container runs, State answered" % name
+        if gone:
+            reltable.record(check, rt, "not run (shim died at %s)" % gone)
+            continue
         before_fds = fd_count(pid)
         extra = {"pid": pid} if attack is flood_without_reads else {}
         try:
             note = attack(address, svc, rng, **extra)
         except (OSError, AssertionError) as e:
             note = "client saw %s" % (type(e).__name__,)
-            if rt == "py":
-                failures.append((name, repr(e)))
+            failures.append((name, repr(e)))
         ok = pid_alive(pid) and pid_alive(task_pid)
         if ok:
             try:
@@ -212,17 +220,23 @@ def test_hostile_input_class_by_class(containerd, live, runtime):
             except (OSError, ttrpc.TTRPCError) as e:
                 ok = False
                 note = (note or "") + "; State: %r" % e
-        fds = settled_fds(pid, before_fds) if pid_alive(pid) else -1
+        if not pid_alive(pid):
+            gone = name
+            reltable.record(check, rt, "SHIM DIED (%s)" % note)
+            failures.append((name, "shim died: %s" % note))
+            continue
+        fds = settled_fds(pid, before_fds)
         cell = "ok" if ok else "FAILED"
         if fds != before_fds:
             cell += ", fds %+d" % (fds - before_fds)
         if note:
             cell += " (%s)" % note
-        reltable.record("hostile ttrpc: %s -> container runs, State answered" % name, rt, cell)
+        reltable.record(check, rt, cell)
         if not ok:
             failures.append((name, "container or State lost: %s" % note))
         if rt == "py" and fds > base_fds:
             failures.append((name, "shim fds %d -> %d" % (base_fds, fds)))
     reltable.record("hostile ttrpc: shim fds before -> after all classes", rt,
-                    "%d -> %d" % (base_fds, fd_count(pid) if pid_alive(pid) else -1))
-    assert not failures, failures
+                    "%d -> %s" % (base_fds, fd_count(pid) if pid_alive(pid) else "(died)"))
+    if rt == "py":      # the Go shim's outcome is recorded, not judged
+        assert not failures, failures
