@@ -17,10 +17,11 @@ import time
 from shim import frame, ttrpc
 from shim.pb import task as pb
 from shim.pb import ttrpc as pb_ttrpc
+from shim.pb import wkt
 from support import reltable
 from support.containerd import pid_alive
-from support.shimwire import (fd_count, memory_kib, raw, read_frame, request_frame, shim_pid,
-                              state, status_of)
+from support.shimwire import (PROCESS_SPEC_URL, fd_count, memory_kib, raw, read_frame,
+                              request_frame, shim_pid, state, status_of)
 
 CONNS = 40              # connections per class where each carries one bad input
 IDLE = 300              # connections held open at once
@@ -121,6 +122,30 @@ def unknown_methods(address, svc, rng):
     return "%d/%d Unimplemented" % (codes.get(12, 0), n)
 
 
+BAD_SPECS = (b'{"args": ["true"]', b"[1", b'"x"', b"[" * 100000, b"\xff\xfe", b"")
+
+
+def malformed_specs(address, svc, rng, cid=None):
+    """Exec requests whose process spec is not a JSON object: each refused,
+    no exec left behind. pyshim's answer text is recorded: where jsonlite
+    fails with something else than ValueError (test_fuzz_decoders.py's
+    xfails) the client sees that internal error's text."""
+    odd = 0
+    refused = 0
+    with ttrpc.SyncClient(address, timeout=30) as cl:
+        for i, doc in enumerate(BAD_SPECS):
+            spec = wkt.Any(type_url=PROCESS_SPEC_URL, value=doc)
+            try:
+                cl.call(svc, "Exec", pb.ExecProcessRequest(id=cid, exec_id="bad%d" % i,
+                                                           spec=spec))
+            except ttrpc.TTRPCError as e:
+                refused += 1
+                odd += "returned NULL" in e.message or "recursion" in e.message
+            else:           # accepted: do not leave it behind
+                cl.call(svc, "Delete", pb.DeleteRequest(id=cid, exec_id="bad%d" % i))
+    return "%d/%d refused, %d with an internal error's text" % (refused, len(BAD_SPECS), odd)
+
+
 def idle_connections(address, svc, rng):
     """IDLE connections held open at once; meanwhile State is answered."""
     held = []
@@ -175,6 +200,7 @@ CLASSES = [
     ("wrong message types", wrong_types),
     ("garbage payloads", garbage_payloads),
     ("unknown methods/services", unknown_methods),
+    ("malformed process specs (Exec)", malformed_specs),
     ("%d idle connections" % IDLE, idle_connections),
     ("flood of %d requests without reads" % FLOOD, flood_without_reads),
 ]
@@ -205,10 +231,11 @@ def test_hostile_input_class_by_class(containerd, live, runtime):
             reltable.record(check, rt, "not run (shim died at %s)" % gone)
             continue
         before_fds = fd_count(pid)
-        extra = {"pid": pid} if attack is flood_without_reads else {}
+        extra = {"pid": pid} if attack is flood_without_reads else \
+            {"cid": cid} if attack is malformed_specs else {}
         try:
             note = attack(address, svc, rng, **extra)
-        except (OSError, AssertionError) as e:
+        except (OSError, AssertionError, ttrpc.TTRPCError) as e:
             note = "client saw %s" % (type(e).__name__,)
             failures.append((name, repr(e)))
         ok = pid_alive(pid) and pid_alive(task_pid)
