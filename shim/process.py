@@ -11,8 +11,8 @@ try:
 except ImportError:          # Python < 3.9
     _pidfd_send_signal = None
 
+from shim.errors import UNKNOWN, Error as TTRPCError
 from shim.loop import Future
-from shim.ttrpc import TTRPCError, UNKNOWN
 
 CREATED = 1
 RUNNING = 2

@@ -5,7 +5,7 @@ call is routed by id. Behaviour and errors follow spec task-service.md.
 """
 import os
 
-from shim import jsonlite, mount, options, runc as runc_mod
+from shim import errors, jsonlite, mount, options, runc as runc_mod
 from shim.io import ProcessIO
 from shim.loop import Future, get_loop, wait_for
 from shim.pb import events as ev
@@ -13,8 +13,8 @@ from shim.pb import task as pb
 from shim.pb import wkt
 from shim.process import (CREATED, PAUSED, PAUSING, RUNNING, STOPPED, ZERO_TIME,
                           Process, state_error)
-from shim.ttrpc import (TTRPCError, UNKNOWN, already_exists, failed_precondition,
-                        invalid_argument, not_found)
+from shim.errors import (UNKNOWN, Error as TTRPCError, already_exists,
+                         failed_precondition, invalid_argument, not_found)
 
 EMPTY = wkt.Empty()
 _pidfd_open = getattr(os, "pidfd_open", None)
@@ -304,7 +304,7 @@ class TaskService:
                 console_socket=io.console_path, no_pivot=c.no_pivot,
                 no_new_keyring=bool(opts.get("no_new_keyring")))
         except runc_mod.RuncError as e:
-            raise runc_mod.runc_error("OCI runtime create failed", e)
+            raise errors.runc_error("OCI runtime create failed", e)
 
     async def start(self, req, ctx):
         c = self._container(req.id)
@@ -321,7 +321,7 @@ class TaskService:
             try:
                 await c.runc.start(c.id, c.bundle)
             except runc_mod.RuncError as e:
-                raise runc_mod.runc_error("OCI runtime start failed", e)
+                raise errors.runc_error("OCI runtime start failed", e)
             if p.status == CREATED:
                 p.status = RUNNING
             self._publish("/tasks/start", ev.TaskStart(container_id=c.id, pid=p.pid))
@@ -344,7 +344,7 @@ class TaskService:
                     stdio=None if p.terminal else io.runc_fds(),
                     console_socket=io.console_path, no_pivot=c.no_pivot)
             except runc_mod.RuncError as e:
-                raise runc_mod.runc_error("OCI runtime restore failed", e)
+                raise errors.runc_error("OCI runtime restore failed", e)
             await self._init_made(c, p, pid)
             c.restore_from = None
             if p.status == CREATED:
@@ -397,7 +397,7 @@ class TaskService:
                     stdio=None if p.terminal else io.runc_fds(),
                     console_socket=io.console_path)
             except runc_mod.RuncError as e:
-                raise runc_mod.runc_error("OCI runtime exec failed", e)
+                raise errors.runc_error("OCI runtime exec failed", e)
             self._register_pid(p, pid)
             if p.held_exit is None and _pidfd_open is not None:
                 try:
@@ -456,7 +456,7 @@ class TaskService:
             # As in Go: runc no longer knows a container that was checkpointed
             # with exit, or one created from a checkpoint and never started.
             if "does not exist" not in str(e):
-                raise runc_mod.runc_error("failed to delete task", e)
+                raise errors.runc_error("failed to delete task", e)
         if c.restore_from is not None:
             c.restore_from = None
             if not p.exited.done():
@@ -521,12 +521,12 @@ class TaskService:
             try:
                 p.signal(req.signal)
             except OSError as e:
-                raise runc_mod.classify_kill_error(e)
+                raise errors.classify_kill_error(e)
             return EMPTY
         try:
             await c.runc.kill(c.id, c.bundle, req.signal, all=req.all)
         except runc_mod.RuncError as e:
-            raise runc_mod.classify_kill_error(str(e))
+            raise errors.classify_kill_error(str(e))
         return EMPTY
 
     async def pids(self, req, ctx):
@@ -562,7 +562,7 @@ class TaskService:
         except runc_mod.RuncError as e:
             if p.status == PAUSING:
                 p.status = RUNNING
-            raise runc_mod.runc_error("OCI runtime pause failed", e)
+            raise errors.runc_error("OCI runtime pause failed", e)
         if p.status == PAUSING:
             p.status = PAUSED
         self._publish("/tasks/paused", ev.TaskPaused(container_id=c.id))
@@ -579,7 +579,7 @@ class TaskService:
         try:
             await c.runc.resume(c.id, c.bundle)
         except runc_mod.RuncError as e:
-            raise runc_mod.runc_error("OCI runtime resume failed", e)
+            raise errors.runc_error("OCI runtime resume failed", e)
         if p.status == PAUSED:
             p.status = RUNNING
         self._publish("/tasks/resumed", ev.TaskResumed(container_id=c.id))
@@ -665,7 +665,7 @@ class TaskService:
                 shell_job=o["terminal"], file_locks=o["file_locks"],
                 empty_ns=o["empty_namespaces"])
         except runc_mod.RuncError as e:
-            raise runc_mod.checkpoint_error(e, c.bundle, work)
+            raise _checkpoint_error(e, c.bundle, work)
         finally:
             if not o["work_path"]:
                 _remove_tree(work)
@@ -725,6 +725,22 @@ def _remove_tree(path):
         os.rmdir(path)
     except OSError:
         pass
+
+
+def _checkpoint_error(err, bundle, work_path):
+    """Go shim's checkpoint failure: copy <work>/dump.log to
+    <bundle>/criu-dump.log and return Error(UNKNOWN, "<first line of
+    the runc error> path= <bundle>/criu-dump.log")."""
+    dump = os.path.join(bundle, "criu-dump.log")
+    try:
+        with open(os.path.join(work_path, "dump.log"), "rb") as src:
+            data = src.read()
+        with open(dump, "wb") as dst:
+            dst.write(data)
+    except OSError:
+        pass
+    first = str(err).split("\n", 1)[0]
+    return TTRPCError(UNKNOWN, "%s path= %s" % (first, dump))
 
 
 def _find_cgroup(pid):
