@@ -1,7 +1,14 @@
 """Process state: the init process of a container and its execs.
 
-States and error texts follow the Go runc shim (spec task-service.md §2-3):
-state errors are code 2 (Unknown) with bare text.
+One table per kind of process says, for every operation and every state,
+whether it is allowed or the error it gets: the Go runc shim's texts
+(spec task-service.md §2-3), state errors being code 2 (Unknown) with bare
+text. `Process.require(op)` checks it and `Process.to(state)` moves, so an
+illegal operation or transition is raised from here only.
+
+`starting` is the one transient flag beside the state: a Start is in
+flight (its exit is held back, see shim.exits); it makes `start`, and an
+exec's `delete`, see the process as running.
 """
 import os
 import time
@@ -11,37 +18,122 @@ try:
 except ImportError:          # Python < 3.9
     _pidfd_send_signal = None
 
-from shim.errors import UNKNOWN, Error as TTRPCError
+from shim.errors import FAILED_PRECONDITION, NOT_FOUND, UNKNOWN, Error
 from shim.loop import Future
 
+# The first five are the wire values of containerd's task Status.
 CREATED = 1
 RUNNING = 2
 STOPPED = 3
 PAUSED = 4
 PAUSING = 5
+CREATED_CHECKPOINT = 6      # Create from a checkpoint: runc restore at Start
+DELETED = 7                 # Delete done; a handler may still hold it
 
 STATE_NAMES = {CREATED: "created", RUNNING: "running", STOPPED: "stopped",
-               PAUSED: "paused", PAUSING: "pausing"}
+               PAUSED: "paused", PAUSING: "pausing",
+               CREATED_CHECKPOINT: "created (checkpoint)", DELETED: "deleted"}
+INIT_STATES = (CREATED, CREATED_CHECKPOINT, RUNNING, PAUSING, PAUSED, STOPPED, DELETED)
+EXEC_STATES = (CREATED, RUNNING, STOPPED, DELETED)
 
 # Go emits "not exited yet" timestamps as 0001-01-01T00:00:00Z.
 ZERO_TIME = -62135596800
 
 
-def state_error(text):
-    return TTRPCError(UNKNOWN, text)
+class StateError(Error):
+    """An operation the process's state does not allow."""
+
+    def __init__(self, text, code=UNKNOWN):
+        Error.__init__(self, code, text)
+
+
+def _rules(allowed, refused, **overrides):
+    """One operation's row: None for the allowed states, else the text."""
+    row = dict.fromkeys(allowed)
+    for state in INIT_STATES:
+        if state not in row:
+            row[state] = refused % STATE_NAMES[state] if "%s" in refused else refused
+    for name, text in overrides.items():
+        row[globals()[name.upper()]] = text
+    return row
+
+
+_DELETED_KILL = (NOT_FOUND, "cannot kill a deleted process: not found")
+
+# op -> {state: None (allowed) | text (Unknown) | (code, text)}
+INIT_RULES = {
+    "start": _rules((CREATED, CREATED_CHECKPOINT), "cannot start a %s process"),
+    "delete": _rules((CREATED, CREATED_CHECKPOINT, STOPPED), "cannot delete a %s process"),
+    "kill": _rules(INIT_STATES[:-1], "", deleted=_DELETED_KILL),
+    "pause": _rules((RUNNING,), "cannot pause a %s container",
+                    created="cannot pause task in created state",
+                    created_checkpoint="cannot pause task in created state",
+                    deleted="cannot pause a deleted process"),
+    "resume": _rules((PAUSED,), "cannot resume a %s container",
+                     created="cannot resume task in created state",
+                     created_checkpoint="cannot resume task in created state",
+                     running="cannot resume a running process",
+                     deleted="cannot resume a deleted process"),
+    "update": _rules(INIT_STATES[:5], "cannot update a %s container",
+                     deleted="cannot update a deleted process"),
+    "checkpoint": _rules((RUNNING, PAUSING, PAUSED), "cannot checkpoint a %s container",
+                         created="cannot checkpoint a task in created state",
+                         created_checkpoint="cannot checkpoint a task in created state",
+                         deleted="cannot checkpoint a deleted process"),
+    # An Exec, or an exec's Start, in this state of the init.
+    "exec": _rules((CREATED, RUNNING), "cannot exec in a %s state",
+                   created_checkpoint="cannot exec in a created state",
+                   pausing="cannot exec in a paused state"),
+    "resize": _rules(INIT_STATES[:-1], "", deleted="cannot resize a deleted process"),
+}
+
+EXEC_RULES = {
+    "start": {CREATED: None, RUNNING: "cannot start a running process",
+              STOPPED: "cannot start a stopped process",
+              DELETED: "cannot start a deleted process"},
+    "delete": {CREATED: None, RUNNING: "cannot delete a running process", STOPPED: None,
+               DELETED: "cannot delete a deleted process"},
+    "kill": {CREATED: (FAILED_PRECONDITION, "process not created: failed precondition"),
+             RUNNING: None, STOPPED: (NOT_FOUND, "process already finished: not found"),
+             DELETED: _DELETED_KILL},
+    "resize": {CREATED: None, RUNNING: None, STOPPED: "cannot resize a stopped container",
+               DELETED: "cannot resize a deleted process"},
+}
+
+# state -> the states it may move to
+MOVES = {
+    CREATED: (RUNNING, STOPPED, DELETED),
+    CREATED_CHECKPOINT: (RUNNING, STOPPED, DELETED),
+    RUNNING: (PAUSING, STOPPED),
+    PAUSING: (PAUSED, RUNNING, STOPPED),
+    PAUSED: (RUNNING, STOPPED),
+    STOPPED: (DELETED,),
+    DELETED: (),
+}
+
+
+def check(rules, op, state):
+    """None if `op` is allowed in `state`, else the StateError to raise."""
+    rule = rules[op][state]
+    if rule is None:
+        return None
+    if isinstance(rule, tuple):
+        return StateError(rule[1], rule[0])
+    return StateError(rule)
 
 
 class Process:
     """One process: the init (exec_id "") or an exec."""
 
-    def __init__(self, container, exec_id, stdin, stdout, stderr, terminal, io):
+    def __init__(self, container, exec_id, stdin, stdout, stderr, terminal, io,
+                 status=CREATED):
         self.container = container
         self.exec_id = exec_id
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.terminal = terminal
         self.io = io
         self.pid = 0
-        self.status = CREATED
+        self.status = status           # CREATED, or CREATED_CHECKPOINT
         self.exit_status = 0
         self.exited_at = None          # float time, None while not exited
         self.exited = Future()         # resolved (after /tasks/exit) on exit
@@ -55,17 +147,34 @@ class Process:
     def id(self):
         return self.exec_id or self.container.id
 
-    def check_start(self):
-        if self.starting and self.status == CREATED:
-            raise state_error("cannot start a running process")
-        if self.status != CREATED:
-            raise state_error("cannot start a %s process" % STATE_NAMES[self.status])
+    @property
+    def wire_status(self):
+        """The Status containerd sees."""
+        if self.status == CREATED_CHECKPOINT:
+            return CREATED
+        if self.status == DELETED:
+            return STOPPED
+        return self.status
 
-    def check_delete(self):
-        if self.starting and self.exec_id:
-            raise state_error("cannot delete a running process")
-        if self.status in (RUNNING, PAUSED, PAUSING):
-            raise state_error("cannot delete a %s process" % STATE_NAMES[self.status])
+    def require(self, op):
+        """Raise the state's error unless `op` is allowed now."""
+        state = self.status
+        if self.starting and state in (CREATED, CREATED_CHECKPOINT) and (
+                op == "start" or (op == "delete" and self.exec_id)):
+            state = RUNNING             # its Start is in flight
+        elif op == "kill" and self.exec_id and state == RUNNING \
+                and self.held_exit is not None:
+            state = STOPPED             # exited, not yet published
+        err = check(EXEC_RULES if self.exec_id else INIT_RULES, op, state)
+        if err is not None:
+            raise err
+
+    def to(self, state):
+        if state not in MOVES[self.status] or (
+                self.exec_id and state not in EXEC_STATES):
+            raise StateError("%s: illegal transition %s -> %s" % (
+                self.id, STATE_NAMES[self.status], STATE_NAMES[state]))
+        self.status = state
 
     def close_pidfd(self):
         fd, self.pidfd = self.pidfd, -1
@@ -86,6 +195,7 @@ class Process:
     def record_exit(self, status, when=None):
         self.close_pidfd()
         self.reaped = True
-        self.status = STOPPED
+        if self.status not in (STOPPED, DELETED):
+            self.to(STOPPED)
         self.exit_status = status
         self.exited_at = when if when is not None else time.time()

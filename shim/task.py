@@ -11,8 +11,8 @@ from shim.loop import Future, get_loop, wait_for
 from shim.pb import events as ev
 from shim.pb import task as pb
 from shim.pb import wkt
-from shim.process import (CREATED, PAUSED, PAUSING, RUNNING, STOPPED, ZERO_TIME,
-                          Process, state_error)
+from shim.process import (CREATED, CREATED_CHECKPOINT, DELETED, PAUSED, PAUSING,
+                          RUNNING, STOPPED, ZERO_TIME, Process)
 from shim.errors import (UNKNOWN, Error as TTRPCError, already_exists,
                          failed_precondition, invalid_argument, not_found)
 
@@ -147,7 +147,7 @@ class TaskService:
     def _process_exited(self, p, status, when):
         if self.by_pid.get(p.pid) is p:
             del self.by_pid[p.pid]
-        if p.reaped or p.status == STOPPED:
+        if p.reaped or p.status in (STOPPED, DELETED):
             return
         if p is p.container.init:
             p.reaped = True         # stopped once its execs are settled
@@ -246,7 +246,8 @@ class TaskService:
             if req.checkpoint:
                 # Restored at Start (runc restore); nothing runs until then.
                 container.restore_from = (req.checkpoint, req.parent_checkpoint)
-                p = Process(container, "", req.stdin, req.stdout, req.stderr, req.terminal, io)
+                p = Process(container, "", req.stdin, req.stdout, req.stderr, req.terminal, io,
+                            status=CREATED_CHECKPOINT)
                 container.init = p
                 pid = 0
             else:
@@ -311,10 +312,8 @@ class TaskService:
         p = c.process(req.exec_id)
         if p.exec_id:
             return await self._start_exec(c, p)
-        if p.status == PAUSED:
-            raise state_error("cannot start a paused process")
-        p.check_start()
-        if c.restore_from is not None:
+        p.require("start")
+        if p.status == CREATED_CHECKPOINT:
             return await self._start_restore(c, p)
         p.starting = True
         try:
@@ -323,7 +322,7 @@ class TaskService:
             except runc_mod.RuncError as e:
                 raise errors.runc_error("OCI runtime start failed", e)
             if p.status == CREATED:
-                p.status = RUNNING
+                p.to(RUNNING)
             self._publish("/tasks/start", ev.TaskStart(container_id=c.id, pid=p.pid))
         finally:
             self._release_held_exit(p)
@@ -347,8 +346,8 @@ class TaskService:
                 raise errors.runc_error("OCI runtime restore failed", e)
             await self._init_made(c, p, pid)
             c.restore_from = None
-            if p.status == CREATED:
-                p.status = RUNNING
+            if p.status == CREATED_CHECKPOINT:
+                p.to(RUNNING)
             self._publish("/tasks/start", ev.TaskStart(container_id=c.id, pid=pid))
             self._watch_oom(c)
         except BaseException:
@@ -374,12 +373,11 @@ class TaskService:
             self.log.warning("cannot watch OOM events of %s: %s" % (c.id, e))
 
     async def _start_exec(self, c, p):
-        p.check_start()
+        p.require("start")
         if c.init.reaped:
             raise failed_precondition("container %s init process is not running" % c.id)
-        if c.init.status in (PAUSED, PAUSING):
-            # runc would put the new process into the frozen cgroup and hang.
-            raise state_error("cannot exec in a paused state")
+        # Paused: runc would put the new process into the frozen cgroup and hang.
+        c.init.require("exec")
         if p.exited.done():         # a failed Start before released Wait
             p.exited = Future()
         p.starting = True
@@ -407,7 +405,7 @@ class TaskService:
             if p.terminal:
                 await io.receive_console()
             io.start()
-            p.status = RUNNING
+            p.to(RUNNING)
             p.spec = None           # runc has it; not needed any more
         except BaseException:
             if pid:
@@ -436,8 +434,8 @@ class TaskService:
     async def delete(self, req, ctx):
         c = self._container(req.id)
         p = c.process(req.exec_id)
+        p.require("delete")
         if p.exec_id:
-            p.check_delete()
             del c.execs[p.exec_id]
             if p.io is not None:
                 await p.io.wait_copied(IO_DRAIN_ON_EXEC_DELETE)
@@ -446,9 +444,9 @@ class TaskService:
                 os.unlink(os.path.join(c.bundle, "%s.pid" % p.exec_id))
             except OSError:
                 pass
+            p.to(DELETED)
             return pb.DeleteResponse(pid=p.pid, exit_status=p.exit_status,
                                      exited_at=_ts(p.exited_at))
-        p.check_delete()
         was_created = p.status == CREATED
         try:
             await c.runc.delete(c.id, c.bundle)
@@ -457,7 +455,7 @@ class TaskService:
             # with exit, or one created from a checkpoint and never started.
             if "does not exist" not in str(e):
                 raise errors.runc_error("failed to delete task", e)
-        if c.restore_from is not None:
+        if p.status == CREATED_CHECKPOINT:
             c.restore_from = None
             if not p.exited.done():
                 p.record_exit(0, None)
@@ -485,6 +483,7 @@ class TaskService:
             runc_mod.mark_deleted(c.bundle)
         self.by_pid.pop(p.pid, None)
         del self.containers[c.id]
+        p.to(DELETED)
         self._publish("/tasks/delete", ev.TaskDelete(
             container_id=c.id, pid=p.pid, exit_status=p.exit_status,
             exited_at=_ts(p.exited_at)))
@@ -496,7 +495,7 @@ class TaskService:
     async def state(self, req, ctx):
         c = self._container(req.id)
         p = c.process(req.exec_id)
-        status = p.status
+        status = p.wire_status
         if p.exec_id and c.init.status in (PAUSED, PAUSING) and status == RUNNING:
             status = c.init.status
         return pb.StateResponse(
@@ -513,11 +512,8 @@ class TaskService:
     async def kill(self, req, ctx):
         c = self._container(req.id)
         p = c.process(req.exec_id)
+        p.require("kill")
         if p.exec_id:
-            if p.status == CREATED:
-                raise failed_precondition("process not created")
-            if p.status == STOPPED or p.held_exit is not None:
-                raise not_found("process already finished")
             try:
                 p.signal(req.signal)
             except OSError as e:
@@ -551,44 +547,35 @@ class TaskService:
     async def pause(self, req, ctx):
         c = self._container(req.id)
         p = c.init
-        if p.status != RUNNING:
-            raise state_error({CREATED: "cannot pause task in created state",
-                               PAUSED: "cannot pause a paused container",
-                               STOPPED: "cannot pause a stopped container"}.get(
-                                   p.status, "cannot pause a pausing container"))
-        p.status = PAUSING
+        p.require("pause")
+        p.to(PAUSING)
         try:
             await c.runc.pause(c.id, c.bundle)
         except runc_mod.RuncError as e:
             if p.status == PAUSING:
-                p.status = RUNNING
+                p.to(RUNNING)
             raise errors.runc_error("OCI runtime pause failed", e)
         if p.status == PAUSING:
-            p.status = PAUSED
+            p.to(PAUSED)
         self._publish("/tasks/paused", ev.TaskPaused(container_id=c.id))
         return EMPTY
 
     async def resume(self, req, ctx):
         c = self._container(req.id)
         p = c.init
-        if p.status != PAUSED:
-            raise state_error({CREATED: "cannot resume task in created state",
-                               RUNNING: "cannot resume a running process",
-                               STOPPED: "cannot resume a stopped container"}.get(
-                                   p.status, "cannot resume a pausing container"))
+        p.require("resume")
         try:
             await c.runc.resume(c.id, c.bundle)
         except runc_mod.RuncError as e:
             raise errors.runc_error("OCI runtime resume failed", e)
         if p.status == PAUSED:
-            p.status = RUNNING
+            p.to(RUNNING)
         self._publish("/tasks/resumed", ev.TaskResumed(container_id=c.id))
         return EMPTY
 
     async def update(self, req, ctx):
         c = self._container(req.id)
-        if c.init.status == STOPPED:
-            raise state_error("cannot update a stopped container")
+        c.init.require("update")
         value = req.resources.value if req.resources is not None else b"{}"
         try:
             await c.runc.update(c.id, c.bundle, value)
@@ -606,8 +593,7 @@ class TaskService:
     async def resize_pty(self, req, ctx):
         c = self._container(req.id)
         p = c.process(req.exec_id)
-        if p.exec_id and p.status == STOPPED:
-            raise state_error("cannot resize a stopped container")
+        p.require("resize")
         if p.io is not None:
             try:
                 p.io.resize(req.width, req.height)
@@ -622,13 +608,7 @@ class TaskService:
             raise invalid_argument("exec id must not be empty")
         if eid in c.execs:
             raise already_exists("id %s" % eid)
-        init = c.init
-        if init.status in (PAUSED, PAUSING):
-            raise state_error("cannot exec in a paused state")
-        if init.status == STOPPED:
-            raise state_error("cannot exec in a stopped state")
-        if c.restore_from is not None:
-            raise state_error("cannot exec in a created state")
+        c.init.require("exec")
         value = req.spec.value if req.spec is not None else b""
         try:
             spec = jsonlite.loads(value)
@@ -647,10 +627,7 @@ class TaskService:
         """runc checkpoint of the init (spec task-service.md Checkpoint)."""
         c = self._container(req.id)
         p = c.init
-        if p.status == CREATED:
-            raise state_error("cannot checkpoint a task in created state")
-        if p.status == STOPPED:
-            raise state_error("cannot checkpoint a stopped container")
+        p.require("checkpoint")
         try:
             o = options.decode_checkpoint(req.options)
         except options.OptionsError as e:
