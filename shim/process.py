@@ -47,56 +47,52 @@ class StateError(Error):
         Error.__init__(self, code, text)
 
 
-def _rules(allowed, refused, **overrides):
-    """One operation's row: None for the allowed states, else the text."""
-    row = dict.fromkeys(allowed)
-    for state in INIT_STATES:
-        if state not in row:
-            row[state] = refused % STATE_NAMES[state] if "%s" in refused else refused
-    for name, text in overrides.items():
-        row[globals()[name.upper()]] = text
-    return row
-
-
+OK = None
 _DELETED_KILL = (NOT_FOUND, "cannot kill a deleted process: not found")
 
-# op -> {state: None (allowed) | text (Unknown) | (code, text)}
-INIT_RULES = {
-    "start": _rules((CREATED, CREATED_CHECKPOINT), "cannot start a %s process"),
-    "delete": _rules((CREATED, CREATED_CHECKPOINT, STOPPED), "cannot delete a %s process"),
-    "kill": _rules(INIT_STATES[:-1], "", deleted=_DELETED_KILL),
-    "pause": _rules((RUNNING,), "cannot pause a %s container",
-                    created="cannot pause task in created state",
-                    created_checkpoint="cannot pause task in created state",
-                    deleted="cannot pause a deleted process"),
-    "resume": _rules((PAUSED,), "cannot resume a %s container",
-                     created="cannot resume task in created state",
-                     created_checkpoint="cannot resume task in created state",
-                     running="cannot resume a running process",
-                     deleted="cannot resume a deleted process"),
-    "update": _rules(INIT_STATES[:5], "cannot update a %s container",
-                     deleted="cannot update a deleted process"),
-    "checkpoint": _rules((RUNNING, PAUSING, PAUSED), "cannot checkpoint a %s container",
-                         created="cannot checkpoint a task in created state",
-                         created_checkpoint="cannot checkpoint a task in created state",
-                         deleted="cannot checkpoint a deleted process"),
+# Each cell: OK, or the error: a text (code Unknown) or (code, text).
+# Init columns, as INIT_STATES: created, created from a checkpoint, running,
+# pausing, paused, stopped, deleted.
+_INIT_TABLE = {
+    "start": (OK, OK, "cannot start a running process", "cannot start a pausing process",
+              "cannot start a paused process", "cannot start a stopped process",
+              "cannot start a deleted process"),
+    "delete": (OK, OK, "cannot delete a running process", "cannot delete a pausing process",
+               "cannot delete a paused process", OK, "cannot delete a deleted process"),
+    "kill": (OK, OK, OK, OK, OK, OK, _DELETED_KILL),
+    "pause": ("cannot pause task in created state", "cannot pause task in created state", OK,
+              "cannot pause a pausing container", "cannot pause a paused container",
+              "cannot pause a stopped container", "cannot pause a deleted process"),
+    "resume": ("cannot resume task in created state", "cannot resume task in created state",
+               "cannot resume a running process", "cannot resume a pausing container", OK,
+               "cannot resume a stopped container", "cannot resume a deleted process"),
+    "update": (OK, OK, OK, OK, OK, "cannot update a stopped container",
+               "cannot update a deleted process"),
+    "checkpoint": ("cannot checkpoint a task in created state",
+                   "cannot checkpoint a task in created state", OK, OK, OK,
+                   "cannot checkpoint a stopped container",
+                   "cannot checkpoint a deleted process"),
     # An Exec, or an exec's Start, in this state of the init.
-    "exec": _rules((CREATED, RUNNING), "cannot exec in a %s state",
-                   created_checkpoint="cannot exec in a created state",
-                   pausing="cannot exec in a paused state"),
-    "resize": _rules(INIT_STATES[:-1], "", deleted="cannot resize a deleted process"),
+    "exec": (OK, "cannot exec in a created state", OK, "cannot exec in a paused state",
+             "cannot exec in a paused state", "cannot exec in a stopped state",
+             "cannot exec in a deleted state"),
+    "resize": (OK, OK, OK, OK, OK, OK, "cannot resize a deleted process"),
 }
+# op -> {state: cell}
+INIT_RULES = {op: dict(zip(INIT_STATES, row)) for op, row in _INIT_TABLE.items()}
 
+# Exec columns: created, running, stopped, deleted (an exec is never paused
+# itself; State shows its init's pause).
 EXEC_RULES = {
-    "start": {CREATED: None, RUNNING: "cannot start a running process",
+    "start": {CREATED: OK, RUNNING: "cannot start a running process",
               STOPPED: "cannot start a stopped process",
               DELETED: "cannot start a deleted process"},
-    "delete": {CREATED: None, RUNNING: "cannot delete a running process", STOPPED: None,
+    "delete": {CREATED: OK, RUNNING: "cannot delete a running process", STOPPED: OK,
                DELETED: "cannot delete a deleted process"},
     "kill": {CREATED: (FAILED_PRECONDITION, "process not created: failed precondition"),
-             RUNNING: None, STOPPED: (NOT_FOUND, "process already finished: not found"),
+             RUNNING: OK, STOPPED: (NOT_FOUND, "process already finished: not found"),
              DELETED: _DELETED_KILL},
-    "resize": {CREATED: None, RUNNING: None, STOPPED: "cannot resize a stopped container",
+    "resize": {CREATED: OK, RUNNING: OK, STOPPED: "cannot resize a stopped container",
                DELETED: "cannot resize a deleted process"},
 }
 
