@@ -117,45 +117,6 @@ def _exec_error(binary, e):
     return RuncError("fork/exec %s: %s" % (binary, e.strerror or e))
 
 
-def runc_error(context, err):
-    """TTRPCError(UNKNOWN, "<context>: <runc message>"), e.g. context
-    "OCI runtime create failed" (spec runc.md §6)."""
-    from shim.ttrpc import TTRPCError, UNKNOWN
-    return TTRPCError(UNKNOWN, "%s: %s" % (context, err))
-
-
-def classify_kill_error(err):
-    """Map a kill failure (runc message, RuncError or OSError) to the Go
-    shim's error (spec task-service.md §4 Kill)."""
-    from shim.ttrpc import TTRPCError, NOT_FOUND, UNKNOWN
-    if isinstance(err, OSError) and err.errno == 3:   # ESRCH
-        return TTRPCError(NOT_FOUND, "process already finished: not found")
-    msg = str(err)
-    if ("process already finished" in msg or "container not running" in msg
-            or "no such process" in msg.lower()):
-        return TTRPCError(NOT_FOUND, "process already finished: not found")
-    if "does not exist" in msg:
-        return TTRPCError(NOT_FOUND, "no such container: not found")
-    return TTRPCError(UNKNOWN, "unknown error after kill: %s" % msg)
-
-
-def checkpoint_error(err, bundle, work_path):
-    """Go shim's checkpoint failure: copy <work>/dump.log to
-    <bundle>/criu-dump.log and return TTRPCError(UNKNOWN, "<first line of
-    the runc error> path= <bundle>/criu-dump.log")."""
-    from shim.ttrpc import TTRPCError, UNKNOWN
-    dump = os.path.join(bundle, "criu-dump.log")
-    try:
-        with open(os.path.join(work_path, "dump.log"), "rb") as src:
-            data = src.read()
-        with open(dump, "wb") as dst:
-            dst.write(data)
-    except OSError:
-        pass
-    first = str(err).split("\n", 1)[0]
-    return TTRPCError(UNKNOWN, "%s path= %s" % (first, dump))
-
-
 # ---- environment / fds -----------------------------------------------------
 
 def runc_env():

@@ -15,21 +15,13 @@ from shim.loop import Future, Task, get_loop, sleep, wait_for
 from shim.pb import ttrpc as _pb
 from shim.pb import wkt as _wkt
 
-# gRPC status codes used by the shim.
-OK = 0
-CANCELED = 1
-UNKNOWN = 2
-INVALID_ARGUMENT = 3
-DEADLINE_EXCEEDED = 4
-NOT_FOUND = 5
-ALREADY_EXISTS = 6
-PERMISSION_DENIED = 7
-RESOURCE_EXHAUSTED = 8
-FAILED_PRECONDITION = 9
-OUT_OF_RANGE = 11
-UNIMPLEMENTED = 12
-INTERNAL = 13
-UNAVAILABLE = 14
+# The codes and the error type live in shim.errors; re-exported here for the
+# transport's own use and its callers.
+from shim.errors import (  # noqa: F401
+    OK, CANCELED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND,
+    ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION,
+    OUT_OF_RANGE, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, Error as TTRPCError,
+    already_exists, failed_precondition, invalid_argument, not_found, unimplemented)
 
 _SO_PEERCRED = 17
 _READ_SIZE = 1 << 16
@@ -40,38 +32,6 @@ _READ_SIZE = 1 << 16
 # what containerd needs (one Wait per live process, a few short calls).
 MAX_QUEUED = 1 << 20
 MAX_INFLIGHT = 1024
-
-
-class TTRPCError(Exception):
-    """An error with a gRPC status code; `message` is sent as-is."""
-
-    def __init__(self, code, message):
-        Exception.__init__(self, message)
-        self.code = code
-        self.message = message
-
-    def __str__(self):
-        return self.message
-
-
-def not_found(msg):
-    return TTRPCError(NOT_FOUND, msg + ": not found")
-
-
-def already_exists(msg):
-    return TTRPCError(ALREADY_EXISTS, msg + ": already exists")
-
-
-def failed_precondition(msg):
-    return TTRPCError(FAILED_PRECONDITION, msg + ": failed precondition")
-
-
-def invalid_argument(msg):
-    return TTRPCError(INVALID_ARGUMENT, msg + ": invalid argument")
-
-
-def unimplemented(msg):
-    return TTRPCError(UNIMPLEMENTED, msg + ": not implemented")
 
 
 class Context:

@@ -199,3 +199,38 @@ def test_requests_racing_slow_create(containerd, runtime, shim):
     assert (st.status, st.pid) == (1, created.pid)
     assert shim.call("Connect", pb.ConnectRequest(id=id), pb.ConnectResponse).task_pid \
         == created.pid
+
+
+def test_state_pids_kill_connect_during_slow_create_answer_consistently(containerd, runtime,
+                                                                         shim):
+    """State, Pids, Kill and Connect sent while Create waits in `runc create`,
+    on every containerd and both shims: each answer is NotFound (pyshim, the
+    Go shim of containerd 2.3+) or, where the shim makes them wait for Create
+    (the Go shim before 2.3), one that agrees with the created task; never an
+    internal or unknown error."""
+    id = "race-create-all"
+    opts = any_of(runc_pb.Options(binary_name=holding_runc(shim.dir, "create")))
+    create = shim.send("Create", pb.CreateTaskRequest(
+        id=id, bundle=shim.bundle(id, ["sleep", "3600"]), options=opts))
+    wait_file(os.path.join(shim.dir, "create-ready-1"))
+    sent = [(method, shim.send(method, req), resp) for method, req, resp in (
+        ("State", pb.StateRequest(id=id), pb.StateResponse),
+        ("Pids", pb.PidsRequest(id=id), pb.PidsResponse),
+        ("Kill", pb.KillRequest(id=id, signal=18), None),     # SIGCONT: harmless
+        ("Connect", pb.ConnectRequest(id=id), pb.ConnectResponse))]
+    time.sleep(0.3)                     # all of them are in before Create goes on
+    open(os.path.join(shim.dir, "create-go"), "w").close()
+    code, created = shim.reply(create, pb.CreateTaskResponse)
+    assert code == 0 and created.pid > 0, created
+    for method, sid, resp in sent:
+        code, r = shim.reply(sid, resp)
+        if code:
+            assert code == NOT_FOUND, (method, code, r)
+        elif method == "State":
+            assert (r.status, r.pid) == (1, created.pid), r
+        elif method == "Pids":
+            assert [p.pid for p in r.processes] == [created.pid], r
+        elif method == "Connect":
+            assert r.shim_pid > 0 and r.task_pid in (0, created.pid), r
+    st = shim.call("State", pb.StateRequest(id=id), pb.StateResponse)
+    assert (st.status, st.pid) == (1, created.pid)

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from shim import mount
+from shim import errors, mount
 from shim import runc as runc_mod
 from shim.loop import get_loop, sleep
 from shim.pb import task, types
@@ -171,7 +171,7 @@ def test_nonexistent_command_error(runc, make_bundle):
         msg = ei.value.message
         assert 'exec: "/bin/nope": stat /bin/nope: no such file or directory' in msg
         assert msg.startswith("runc create failed: ")
-        e = runc_mod.runc_error("OCI runtime create failed", ei.value)
+        e = errors.runc_error("OCI runtime create failed", ei.value)
         assert e.message == "OCI runtime create failed: " + msg
     finally:
         for fd in (null, rd, wr):
@@ -242,13 +242,13 @@ def test_running_container_lifecycle(runc, reaper, make_bundle):
         with pytest.raises(RuncError) as ei:
             run(runc.kill(cid, bundle, 15))
         assert "container not running" in ei.value.message
-        e = runc_mod.classify_kill_error(ei.value)
+        e = errors.classify_kill_error(ei.value)
         assert (e.code, e.message) == (NOT_FOUND, "process already finished: not found")
         run(runc.kill(cid, bundle, 9, all=True))     # runc 1.1: ok on a stopped container
         run(runc.delete(cid, bundle))
         with pytest.raises(RuncError) as ei:
             run(runc.kill(cid, bundle, 9))
-        e = runc_mod.classify_kill_error(ei.value)
+        e = errors.classify_kill_error(ei.value)
         assert (e.code, e.message) == (NOT_FOUND, "no such container: not found")
     finally:
         run(runc.delete(cid, bundle, force=True))

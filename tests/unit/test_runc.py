@@ -1,5 +1,5 @@
-"""shim.runc without root: argv building, log.json error extraction, kill
-error classification, bundle files, and the spawn/reap/capture path driven
+"""shim.runc without root: argv building, log.json error extraction,
+bundle files, and the spawn/reap/capture path driven
 through a fake runc (a shell script)."""
 import json
 import os
@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from shim import runc as runc_mod
+from shim import errors, runc as runc_mod
 from shim.loop import get_loop
 from shim.reaper import Reaper
 from shim.runc import Runc, RuncError
@@ -218,45 +218,6 @@ def test_error_message_fallbacks():
     assert runc_mod.error_message("", b"\n", 137) == "exit status 137"
 
 
-# ---- error helpers ------------------------------------------------------------
-
-@pytest.mark.parametrize("msg,code,text", [
-    ("container not running", NOT_FOUND, "process already finished: not found"),
-    ("os: process already finished", NOT_FOUND, "process already finished: not found"),
-    ("kill failed: No such process", NOT_FOUND, "process already finished: not found"),
-    ("container does not exist", NOT_FOUND, "no such container: not found"),
-    ("permission denied", UNKNOWN, "unknown error after kill: permission denied"),
-])
-def test_classify_kill_error(msg, code, text):
-    e = runc_mod.classify_kill_error(msg)
-    assert (e.code, e.message) == (code, text)
-    e = runc_mod.classify_kill_error(RuncError(msg))
-    assert (e.code, e.message) == (code, text)
-
-
-def test_classify_kill_esrch():
-    e = runc_mod.classify_kill_error(ProcessLookupError(3, "No such process"))
-    assert (e.code, e.message) == (NOT_FOUND, "process already finished: not found")
-
-
-def test_runc_error():
-    e = runc_mod.runc_error("OCI runtime create failed", RuncError("boom"))
-    assert (e.code, e.message, str(e)) == (UNKNOWN, "OCI runtime create failed: boom",
-                                           "OCI runtime create failed: boom")
-
-
-def test_checkpoint_error(tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "dump.log").write_text("criu said no\n")
-    e = runc_mod.checkpoint_error(RuncError("criu failed: type NOTIFY errno 0\nmore"),
-                                  str(tmp_path), str(work))
-    dump = str(tmp_path / "criu-dump.log")
-    assert e.code == UNKNOWN
-    assert e.message == "criu failed: type NOTIFY errno 0 path= %s" % dump
-    assert open(dump).read() == "criu said no\n"
-
-
 # ---- bundle files -------------------------------------------------------------
 
 def test_bundle_options_roundtrip(tmp_path):
@@ -414,7 +375,7 @@ def test_fake_kill_and_delete_errors(fake, reaper):
     r = Runc(reaper=reaper, namespace="n", binary=binary)
     with pytest.raises(RuncError) as ei:
         run(r.kill("c1", b, 9))
-    assert runc_mod.classify_kill_error(ei.value).code == NOT_FOUND
+    assert errors.classify_kill_error(ei.value).code == NOT_FOUND
     run(r.delete("c1", b))          # "does not exist" is fine
     run(r.delete("c1", b, force=True))
 

@@ -10,7 +10,8 @@ from shim.loop import get_loop, sleep
 from shim.pb import task as pb
 from shim.pb import wkt
 from shim.process import CREATED, RUNNING, STOPPED, Process
-from shim.task import Container, TaskService
+from shim.container import Container
+from shim.task import TaskService
 from shim.ttrpc import TTRPCError
 
 loop = get_loop()
@@ -82,7 +83,7 @@ def svc():
     pub = FakePublisher()
     s = TaskService("ns", FakeReaper(), pub, FakeLog())
     s.runc = FakeRunc()
-    c = Container("c1", "/nonexistent-bundle", s.runc, False, True)
+    c = Container("c1", "/nonexistent-bundle", s.runc, False, True, s.exits, FakeLog())
     io = ProcessIO("", "", "")
     io.open()
     io.start()
@@ -91,7 +92,7 @@ def svc():
     p.status = RUNNING
     c.init = p
     s.containers["c1"] = c
-    s.by_pid[INIT_PID] = p
+    s.exits.by_pid[INIT_PID] = p
     s.pub = pub
     yield s
     for c in list(s.containers.values()):
@@ -126,7 +127,7 @@ def test_exec_registers_and_overrides_terminal(svc):
 def test_exit_reaped_before_pid_known_published_after_exec_started(svc):
     run(svc.exec(exec_req(), None))
     # The exec exits (and is reaped) while runc exec is still running.
-    svc.runc.on_exec = lambda: svc._on_exit(EXEC_PID, 3, 1000.0)
+    svc.runc.on_exec = lambda: svc.exits.on_exit(EXEC_PID, 3, 1000.0)
     r = run(svc.start(pb.StartRequest(id="c1", exec_id="e1"), None))
     assert r.pid == EXEC_PID
     settle()
@@ -135,18 +136,19 @@ def test_exit_reaped_before_pid_known_published_after_exec_started(svc):
     assert (ex.id, ex.pid, ex.exit_status) == ("e1", EXEC_PID, 3)
     p = svc.containers["c1"].execs["e1"]
     assert p.status == STOPPED and p.exited.done()
-    assert EXEC_PID not in svc.by_pid and svc.early_exits == {} and svc.creating == 0
+    assert EXEC_PID not in svc.exits.by_pid and svc.exits.early == {}
+    assert svc.exits.windows == 0
 
 
 def test_early_exit_of_unknown_pid_dropped_outside_window(svc):
-    svc._on_exit(EXEC_PID, 1, 1.0)
-    assert svc.early_exits == {}
+    svc.exits.on_exit(EXEC_PID, 1, 1.0)
+    assert svc.exits.early == {}
 
 
 def test_exit_during_init_start_held_until_start_event(svc):
     init = svc.containers["c1"].init
     init.status = CREATED
-    svc.runc.on_start = lambda: svc._on_exit(INIT_PID, 0, 1.0)
+    svc.runc.on_start = lambda: svc.exits.on_exit(INIT_PID, 0, 1.0)
     run(svc.start(pb.StartRequest(id="c1"), None))
     settle()
     assert svc.pub.topics() == ["/tasks/start", "/tasks/exit"]
@@ -160,7 +162,7 @@ def test_exec_start_failure_stays_created_and_wait_returns(svc):
     assert e.value.code == 2
     assert e.value.message == 'OCI runtime exec failed: exec failed: exec: "/bin/nope": no such file'
     p = svc.containers["c1"].execs["e1"]
-    assert p.status == CREATED and p.pid == 0 and svc.creating == 0
+    assert p.status == CREATED and p.pid == 0 and svc.exits.windows == 0
     w = run(svc.wait(pb.WaitRequest(id="c1", exec_id="e1"), None))
     assert w.exit_status == 0
     with pytest.raises(TTRPCError) as e:
@@ -175,7 +177,7 @@ def test_init_exit_waits_for_running_execs(svc):
     run(svc.exec(exec_req(), None))
     run(svc.start(pb.StartRequest(id="c1", exec_id="e1"), None))
     init_wait = loop.spawn(svc.wait(pb.WaitRequest(id="c1"), None))
-    svc._on_exit(INIT_PID, 137, 2.0)
+    svc.exits.on_exit(INIT_PID, 137, 2.0)
     settle()
     # As the Go shim (containerd#10589): the init is reaped but stays running
     # until the exec has exited, and its exit is not out meanwhile. A new
@@ -188,7 +190,7 @@ def test_init_exit_waits_for_running_execs(svc):
         run(svc.start(pb.StartRequest(id="c1", exec_id="e2"), None))
     assert (e.value.code, e.value.message) == (
         9, "container c1 init process is not running: failed precondition")
-    svc._on_exit(EXEC_PID, 137, 2.1)
+    svc.exits.on_exit(EXEC_PID, 137, 2.1)
     loop.run_until_complete(init_wait, timeout=5)
     exits = [(m.id, m.exit_status) for t, m in svc.pub.events if t == "/tasks/exit"]
     assert exits == [("e1", 137), ("c1", 137)]
@@ -218,14 +220,14 @@ def test_exec_state_reports_paused_init(svc):
     st = run(svc.state(pb.StateRequest(id="c1", exec_id="e1"), None))
     assert (st.id, st.pid, st.status) == ("e1", EXEC_PID, PAUSED)
     svc.containers["c1"].init.status = RUNNING
-    svc._on_exit(EXEC_PID, 0, 3.0)
+    svc.exits.on_exit(EXEC_PID, 0, 3.0)
     settle()
 
 
 def test_kill_and_resize_of_stopped_exec(svc):
     run(svc.exec(exec_req(), None))
     run(svc.start(pb.StartRequest(id="c1", exec_id="e1"), None))
-    svc._on_exit(EXEC_PID, 0, 3.0)
+    svc.exits.on_exit(EXEC_PID, 0, 3.0)
     settle()
     with pytest.raises(TTRPCError) as e:
         run(svc.kill(pb.KillRequest(id="c1", exec_id="e1", signal=9), None))
@@ -243,7 +245,7 @@ def test_shutdown_with_tasks_left_is_kept_until_the_last_delete(svc):
     run(svc.shutdown(pb.ShutdownRequest(), None))
     settle()
     assert calls == []                  # a task is left: the shim stays
-    svc._on_exit(INIT_PID, 0, 1.0)
+    svc.exits.on_exit(INIT_PID, 0, 1.0)
     settle()
     run(svc.delete(pb.DeleteRequest(id="c1"), None))
     settle()
@@ -294,7 +296,7 @@ def test_oom_kill_counted_at_exit_comes_before_it_and_stays_in_stats(svc, tmp_pa
     assert c.oom is not None
     try:
         set_kills(1)
-        svc._on_exit(INIT_PID, 137, 2.0)
+        svc.exits.on_exit(INIT_PID, 137, 2.0)
         loop.run_until_complete(c.init.exited, timeout=5)
         assert svc.pub.topics() == ["/tasks/oom", "/tasks/exit"]
         shutil.rmtree(c.cgroup.path)
