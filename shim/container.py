@@ -9,7 +9,7 @@ own mechanics are in shim.execs.
 """
 import os
 
-from shim import errors, jsonlite, mount, options, runc as runc_mod
+from shim import bundle as bundle_files, errors, jsonlite, mount, options, runc as runc_mod
 from shim.io import ProcessIO
 from shim.loop import wait_for
 from shim.process import (CREATED, CREATED_CHECKPOINT, DELETED, PAUSED, PAUSING, RUNNING,
@@ -89,8 +89,8 @@ class Container:
             try:
                 if req.rootfs:
                     self._mount_rootfs(req.rootfs)
-                runc_mod.write_bundle_options(self.bundle, self.opts)
-                runc_mod.clear_deleted_mark(self.bundle)     # a reused bundle dir
+                bundle_files.write_bundle_options(self.bundle, self.opts)
+                bundle_files.clear_deleted_mark(self.bundle)     # a reused bundle dir
                 p.io = self.new_io(p)
                 p.io.open()
                 await p.io.wait_ready()
@@ -217,7 +217,7 @@ class Container:
                 cleaned = False
                 self.log.warning("unmount rootfs of %s: %s" % (self.id, e))
         if cleaned:
-            runc_mod.mark_deleted(self.bundle)
+            bundle_files.mark_deleted(self.bundle)
         self.exits.forget(p)
         p.to(DELETED)
 

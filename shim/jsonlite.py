@@ -38,6 +38,12 @@ def loads(s):
         obj, i = _scan(s, i)
     except StopIteration as e:
         raise ValueError("invalid JSON at offset %d" % e.value) from None
+    except SystemError:
+        # _json builds its error from sys.modules["json.decoder"], which the
+        # serving shim never imports: it then fails without an exception.
+        raise ValueError("invalid JSON") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     while i < end and s[i] in _WS:
         i += 1
     if i != end:

@@ -246,6 +246,14 @@ def _encode_delete_response(pid, exit_status, now):
 def _runc_delete(flags, bundle, runc_mod):
     try:
         binary = read_runtime(bundle)
+    except FileNotFoundError as e:
+        # Create writes `runtime` before it runs runc: without it runc never
+        # saw this id (a shim that exited on its idle bound, or died before
+        # Create). Nothing to delete; failing here (as the Go shim does)
+        # would make containerd keep the bundle forever.
+        _warn("no runc container to delete: %s" % go_err(
+            "open", os.path.join(bundle, RUNTIME_FILE), e))
+        return
     except OSError as e:
         raise RuntimeError(go_err("open", os.path.join(bundle, RUNTIME_FILE), e))
     try:

@@ -110,6 +110,7 @@ def decode_checkpoint(any_opts):
 
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
 _BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_TOML_CONTROL = frozenset([chr(c) for c in range(32) if c not in (9, 10)] + ["\x7f"])
 
 
 def _flat_value(v):
@@ -141,7 +142,7 @@ def _flat_value(v):
         return v[1:j], v[j + 1:]
     tok, hashmark, comment = v.partition("#")
     rest = hashmark + comment
-    tok = tok.strip()
+    tok = tok.strip(" \t")
     if tok == "true":
         return True, rest
     if tok == "false":
@@ -157,20 +158,25 @@ def flat_toml(text):
     bools, decimal ints, basic and literal one-line strings; comments), or
     None if it uses anything else: tables, arrays, dates, floats, quoted or
     dotted keys, multi-line strings, duplicates (tomllib judges those)."""
+    # TOML: lines end at LF or CRLF only, whitespace is space and tab, and
+    # no other control character may appear (not even in comments).
+    text = text.replace("\r\n", "\n")
+    if not _TOML_CONTROL.isdisjoint(text):
+        return None
     out = {}
-    for line in text.splitlines():
-        line = line.strip()
+    for line in text.split("\n"):
+        line = line.strip(" \t")
         if not line or line[0] == "#":
             continue
         key, eq, v = line.partition("=")
-        key = key.strip()
+        key = key.strip(" \t")
         if not eq or not key or not _BARE_KEY.issuperset(key) or key in out:
             return None
-        got = _flat_value(v.strip())
+        got = _flat_value(v.strip(" \t"))
         if got is None:
             return None
         value, rest = got
-        rest = rest.strip()
+        rest = rest.strip(" \t")
         if rest and rest[0] != "#":
             return None
         out[key] = value

@@ -16,14 +16,11 @@ last `"level":"error"` line this invocation appended to log.json, else the
 captured output, else `exit status N`.
 
 The shim's bundle files (runtime, options.json, the deleted mark) are read
-and written by shim.bundle; the names below are re-exported for callers.
+and written by shim.bundle.
 """
 import os
 
 from shim import _native
-from shim.bundle import (DELETED_MARK, clear_deleted_mark, is_marked_deleted,  # noqa: F401
-                         mark_deleted, read_bundle_options, read_runtime,
-                         write_bundle_options)
 
 DEFAULT_BINARY = "runc"
 DEFAULT_ROOT = "/run/containerd/runc"

@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 from shim import errors, mount
-from shim import runc as runc_mod
+from shim import bundle as bundle_files, runc as runc_mod
 from shim.loop import get_loop, sleep
 from shim.pb import task, types
 from shim.reaper import Reaper
@@ -370,7 +370,7 @@ def test_binary_start_empty_namespace(binary, workdir):
 
 def test_binary_delete(binary, runc, reaper, make_bundle):
     cid, bundle = make_bundle(["sleep", "60"])
-    runc_mod.write_bundle_options(bundle, {"binary_name": "", "root": os.path.dirname(runc.root),
+    bundle_files.write_bundle_options(bundle, {"binary_name": "", "root": os.path.dirname(runc.root),
                                            "systemd_cgroup": False, "criu_path": ""})
     pid = run(runc.create(cid, bundle, stdio=(None, None, None)))
     # Two stacked mounts on <bundle>/rootfs (runc already pivoted elsewhere).
@@ -435,12 +435,12 @@ def test_binary_delete_after_shim_delete_skips_runc(binary, workdir):
         f.write("4242")
     argv = [binary, "-namespace", NS, "-address", "/tmp/x.sock", "-id", cid, "-bundle", bundle,
             "delete"]
-    runc_mod.mark_deleted(bundle)
+    bundle_files.mark_deleted(bundle)
     r = subprocess.run(argv, cwd=bundle, capture_output=True, timeout=20)
     assert r.returncode == 0, r.stderr
     assert (task.DeleteResponse.decode(r.stdout).pid, os.path.exists(log)) == (4242, False)
     # Unmarked (the shim died): runc delete --force runs, as in Go.
-    runc_mod.clear_deleted_mark(bundle)
+    bundle_files.clear_deleted_mark(bundle)
     r = subprocess.run(argv, cwd=bundle, capture_output=True, timeout=20)
     assert r.returncode == 0, r.stderr
     with open(log) as f:

@@ -186,13 +186,6 @@ def test_no_shim_left_after_the_idle_bound(crash_outcome):
     assert not out.orphans, out.orphans
 
 
-BUNDLE_DEFECT = (
-    "shim defect: the `delete` action exits 1 (\"open <bundle>/runtime: no such file or "
-    "directory\") for a shim that never got a Create, so containerd keeps the bundle of a "
-    "shim that exited on its idle bound (shim/cli.py _runc_delete / runc.read_runtime)")
-
-
-@pytest.mark.xfail(strict=False, reason=BUNDLE_DEFECT)
 def test_nothing_left_once_everything_is_removed(crash_outcome):
     runtime, out = crash_outcome
     if runtime != PY_RUNTIME:

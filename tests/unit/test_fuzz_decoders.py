@@ -401,20 +401,7 @@ def toml_text(rng):
     return text
 
 
-# Characters that str.splitlines() breaks lines at but TOML does not, and
-# control characters TOML forbids even in comments: flat_toml is lenient
-# there (TOML_LENIENCE below); any other disagreement with tomllib fails.
-_NOT_TOML = frozenset(chr(c) for c in range(32) if c not in (9, 10, 13)) | \
-    frozenset("\x7f\x85\u2028\u2029")
-
-
-def lenient_case(text):
-    return any(c in _NOT_TOML for c in text) or "\r" in text.replace("\r\n", "")
-
-
 def test_fuzz_toml():
-    lenient = []
-
     def make(rng):
         return toml_text(rng)
 
@@ -431,28 +418,19 @@ def test_fuzz_toml():
         try:
             full = tomllib.loads(text)
         except tomllib.TOMLDecodeError:
-            if lenient_case(text):
-                lenient.append(text)
-                return
             raise AssertionError("flat_toml accepted what tomllib refuses: %r -> %r"
                                  % (text, flat))
         assert flat == full, (text, flat, full)
 
     fuzz("toml", make, check)
-    print("toml: flat_toml lenient (tomllib refuses) in %d cases" % len(lenient))
 
 
-TOML_LENIENCE = (
-    "shim leniency: flat_toml (shim/options.py) accepts documents tomllib refuses: control "
-    "characters in comments, and lines split at \\x0b, \\x0c, \\x1c-\\x1e, \\x85, "
-    "\\u2028/9 or a bare CR (str.splitlines), which TOML does not treat as newlines")
-
-
-@pytest.mark.xfail(strict=False, reason=TOML_LENIENCE)
 @pytest.mark.parametrize("text", ["# bell \x07\nRoot = \"/r\"", "Root = \"/r\"\x0bIoUid = 1",
                                   "Root = \"/r\"\rIoUid = 1"],
                          ids=["control-in-comment", "vertical-tab", "bare-cr"])
 def test_flat_toml_refuses_what_toml_refuses(text):
+    """Control characters (even in comments) and line ends other than LF or
+    CRLF: str.splitlines() and str.strip() used to accept them."""
     if tomllib is not None:
         with pytest.raises(tomllib.TOMLDecodeError):
             tomllib.loads(text)
@@ -495,28 +473,14 @@ def test_fuzz_json():
     fuzz("json", make, check)
 
 
-NESTING_DEFECT = (
-    "shim defect: jsonlite.loads raises RecursionError, not its documented ValueError, for "
-    "deeply nested input; an Exec whose process spec is '[' * 100000 gets Unknown "
-    "'maximum recursion depth exceeded...' logged as 'unexpected error in handler' instead of "
-    "'invalid process spec' (shim/jsonlite.py loads, shim/task.py exec)")
-
-
-@pytest.mark.xfail(strict=False, reason=NESTING_DEFECT)
 @pytest.mark.parametrize("doc", ["[" * 100000, '{"a":' * 100000, "[" * 100000 + "]" * 100000],
                          ids=["open-arrays", "open-objects", "balanced-arrays"])
 def test_json_deep_nesting_is_a_value_error(doc):
+    """An Exec whose process spec is '[' * 100000 once got Unknown (a
+    RecursionError) instead of 'invalid process spec'."""
     with pytest.raises(ValueError):
         jsonlite.loads(doc)
 
-
-SERVING_JSON_DEFECT = (
-    "shim defect: in a process that has not imported json.decoder (the serving shim: "
-    "`python -I -S`, lean imports) jsonlite.loads raises SystemError '<_json.Scanner "
-    "object> returned NULL without setting an exception' for malformed JSON instead of "
-    "ValueError: CPython 3.11's _json builds its error from sys.modules['json.decoder'] "
-    "only. Seen live: Exec with the process spec '{\"a\": 1' gets Unknown with that "
-    "text and logs 'unexpected error in handler' (shim/jsonlite.py, shim/task.py exec)")
 
 # Run in a fresh interpreter as the shim runs (python -I -S, the installed
 # package on sys.path, json never imported): mutated JSON through
@@ -549,8 +513,10 @@ print("ok %d cases" % n)
 """
 
 
-@pytest.mark.xfail(strict=False, reason=SERVING_JSON_DEFECT)
 def test_fuzz_json_as_the_serving_shim_imports_it():
+    """In the serving shim (json.decoder never imported) malformed JSON made
+    CPython 3.11's _json fail with SystemError instead of ValueError: an Exec
+    with the process spec '{"a": 1' got Unknown."""
     import subprocess
     import sys
     import shim

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from shim import errors, runc as runc_mod
+from shim import bundle as bundle_files, errors, runc as runc_mod
 from shim.loop import get_loop
 from shim.reaper import Reaper
 from shim.runc import Runc, RuncError
@@ -222,18 +222,18 @@ def test_error_message_fallbacks():
 
 def test_bundle_options_roundtrip(tmp_path):
     b = str(tmp_path)
-    assert runc_mod.read_bundle_options(b) == {}
+    assert bundle_files.read_bundle_options(b) == {}
     with pytest.raises(FileNotFoundError):
-        runc_mod.read_runtime(b)
+        bundle_files.read_runtime(b)
     opts = {"binary_name": "crun", "root": "/r", "systemd_cgroup": True, "criu_path": "",
             "no_pivot_root": False, "io_uid": 0}
-    runc_mod.write_bundle_options(b, opts)
-    assert runc_mod.read_bundle_options(b) == opts
+    bundle_files.write_bundle_options(b, opts)
+    assert bundle_files.read_bundle_options(b) == opts
     assert json.loads(open(b + "/options.json").read()) == opts
-    assert runc_mod.read_runtime(b) == "crun"
-    runc_mod.write_bundle_options(b, {})
-    assert runc_mod.read_bundle_options(b) == {}
-    assert runc_mod.read_runtime(b) == ""
+    assert bundle_files.read_runtime(b) == "crun"
+    bundle_files.write_bundle_options(b, {})
+    assert bundle_files.read_bundle_options(b) == {}
+    assert bundle_files.read_runtime(b) == ""
     assert sorted(os.listdir(b)) == ["options.json", "runtime"]   # no temp files left
 
 
