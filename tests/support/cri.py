@@ -815,3 +815,50 @@ class StreamClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# ------------------------------------------------------------- a fake CNI
+
+FAKE_CNI_TYPE = "pyshim-fake-net"
+
+_FAKE_CNI_PLUGIN = '''#!%(python)s
+# A CNI plugin that configures nothing (pyshim tests, support/cri.py): ADD
+# answers with an address so that containerd's CRI accepts the pod network;
+# installed as "loopback" too, for the loopback network CRI always adds.
+import json, os, sys
+cmd = os.environ.get("CNI_COMMAND", "")
+conf = json.loads(sys.stdin.read() or "{}")
+version = conf.get("cniVersion", "1.0.0")
+if cmd == "VERSION":
+    print(json.dumps({"cniVersion": version,
+                      "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}))
+elif cmd == "ADD":
+    lo = os.environ.get("CNI_IFNAME") == "lo"
+    ip = {"address": "127.0.0.1/8" if lo else conf.get("address", "%(address)s"),
+          "interface": 0}
+    if not version.startswith("1."):
+        ip["version"] = "4"
+    print(json.dumps({"cniVersion": version,
+                      "interfaces": [{"name": os.environ.get("CNI_IFNAME", "eth0"),
+                                      "sandbox": os.environ.get("CNI_NETNS", "")}],
+                      "ips": [ip]}))
+'''
+
+
+def write_fake_cni(directory, address="10.254.0.2/24"):
+    """Make `directory` (a CRI bin_dir and conf_dir at once) hold a CNI
+    network whose plugin configures nothing and reports `address` for every
+    pod, and a `loopback` plugin that does the same for lo. For pods that
+    need a network namespace of their own (user-namespaced pods cannot use
+    the host's) where no traffic is needed. Returns the conflist path."""
+    plugin = _FAKE_CNI_PLUGIN % {"python": sys.executable, "address": address}
+    for name in (FAKE_CNI_TYPE, "loopback"):
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write(plugin)
+        os.chmod(path, 0o755)
+    conf = os.path.join(directory, "10-pyshim-fake.conflist")
+    with open(conf, "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "pyshim-fake",
+                   "plugins": [{"type": FAKE_CNI_TYPE, "address": address}]}, f)
+    return conf

@@ -7,7 +7,8 @@ criu_dir() returns a directory whose `criu` is criu >= 4 and passes
 `criu check`, in this order:
 
   1. $PYSHIM_CRIU_DIR (a directory holding such a `criu`);
-  2. the system's criu when it qualifies (Debian trixie and later): a
+  2. the system's criu when it qualifies (Debian trixie and later, e.g.
+     the cgroup v2 node, where .ci/v2node apt-get installs it): a
      directory in the cache with a `criu` symlink to it;
   3. Debian trixie's criu unpacked privately under
      <cache_dir()>/criu/trixie/, built once: a private apt configuration
