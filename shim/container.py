@@ -235,9 +235,9 @@ class Container:
             # state until every exec that was starting or running has
             # exited, so its exit is the container's last; meanwhile Exec is
             # still accepted and an exec's Start refused (init reaped).
-            for e in list(self.execs.values()):
-                if e.starting or e.status == RUNNING or (e.status == STOPPED and e.pid):
-                    await e.exited
+            for ex in list(self.execs.values()):
+                if ex.starting or ex.status == RUNNING or (ex.status == STOPPED and ex.pid):
+                    await ex.exited
             p.record_exit(status, when)
         # Let the last output reach the client before the exit event.
         if p.io is not None:

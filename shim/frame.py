@@ -24,7 +24,7 @@ if _os.environ.get("PYSHIM_PURE", "") not in ("", "0"):
 else:
     try:
         from shim import _native as _impl
-        _impl.FrameReader  # an extension built without frame.pxi is no use
+        _impl.FrameReader  # noqa: B018  (an extension built without frame.pxi is no use)
     except (ImportError, AttributeError) as _e:
         NATIVE_IMPORT_ERROR = "%s: %s" % (type(_e).__name__, _e)
         _impl = None

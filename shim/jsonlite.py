@@ -22,7 +22,7 @@ class _ScanContext:
                 "-Infinity": float("-inf")}[name]
 
 
-_scan = _json.make_scanner(_ScanContext())
+_scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]  # duck-types a JSONDecoder
 _WS = " \t\n\r"
 
 

@@ -520,7 +520,7 @@ class Message:
 
     def __repr__(self):
         parts = []
-        for name, kind, mode, tag, sub in self._f:
+        for name, kind, mode, _tag, sub in self._f:
             v = getattr(self, name)
             if mode == OPTIONAL:
                 if v is None:

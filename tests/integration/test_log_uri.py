@@ -112,8 +112,8 @@ def test_file_uri_gets_both_streams(ctr_run, runtime, tmp_path):
         time.sleep(0.05)
     # Both streams are appended in arrival order: check each stream's part.
     lines = data.splitlines()
-    assert [l for l in lines if l in ("two", "three")] == ["two", "three"]
-    assert [l for l in lines if l not in ("two", "three")] == \
+    assert [ln for ln in lines if ln in ("two", "three")] == ["two", "three"]
+    assert [ln for ln in lines if ln not in ("two", "three")] == \
         ["one"] + [str(i) for i in range(1, 5001)]
     assert oct(os.stat(str(log)).st_mode & 0o777) == "0o644"
 

@@ -191,7 +191,8 @@ def test_loop_image_rootfs(shim, workdir, kind):
     shim.created.remove(id + "-bad")
     msg = e.value.message
     assert msg.startswith("failed to mount rootfs component: mount /dev/loop"), msg
-    assert "(loop device for %s) on %s/rootfs: " % (img, os.path.join(workdir, "bundle-" + id + "-bad")) in msg
+    bad_bundle = os.path.join(workdir, "bundle-" + id + "-bad")
+    assert "(loop device for %s) on %s/rootfs: " % (img, bad_bundle) in msg
     assert "(type squashfs, flags 0x1, data '')" in msg, msg
     assert mounts_under(workdir) == []
     assert wait_detached(img) == []

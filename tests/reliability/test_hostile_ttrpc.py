@@ -103,7 +103,7 @@ def garbage_payloads(address, svc, rng):
             data = s.recv(65536)
             if not data:
                 break
-            for fr in reader.feed(data):
+            for _fr in reader.feed(data):
                 replies += 1
     return "%d/%d replies" % (replies, n)
 

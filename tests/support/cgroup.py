@@ -98,7 +98,7 @@ def stop_slice(name):
     if not os.path.isdir(slice_dir(name)):
         return []
     problems = []
-    for d, dirs, _ in os.walk(slice_dir(name)):
+    for _d, dirs, _ in os.walk(slice_dir(name)):
         problems += ["systemd unit left: %s" % x for x in dirs if x.endswith(".scope")]
     r = subprocess.run(["systemctl", "stop", name], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, universal_newlines=True, timeout=60)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from shim import bundle, runc as runc_mod
+from shim import bundle
 
 
 def test_address_round_trip(tmp_path):
@@ -61,10 +61,3 @@ def test_read_spec(tmp_path):
         bundle.read_spec(b)
     (tmp_path / "config.json").write_text('{"ociVersion": "1.0.2"}')
     assert bundle.read_spec(b) == {"ociVersion": "1.0.2"}
-
-
-def test_runc_reexports_the_same_functions():
-    # Callers of the runc module (task.py, tests) keep working unchanged.
-    for name in ("write_bundle_options", "read_bundle_options", "read_runtime",
-                 "mark_deleted", "clear_deleted_mark", "is_marked_deleted", "DELETED_MARK"):
-        assert getattr(runc_mod, name) is getattr(bundle, name)

@@ -124,7 +124,7 @@ def test_every_enum_has_a_lean_class():
 def test_services_match_descriptors():
     seen = 0
     for mod in PB2_MODULES:
-        for sname, sdesc in mod.DESCRIPTOR.services_by_name.items():
+        for _sname, sdesc in mod.DESCRIPTOR.services_by_name.items():
             lean = MODS[{"containerd.task.v2": "task",
                          "containerd.services.events.ttrpc.v1": "eventsvc"}[mod.DESCRIPTOR.package]]
             table = lean.SERVICES[sdesc.full_name]
@@ -571,7 +571,7 @@ def _rand_val(desc, rng, depth=0):
         if f.message_type is not None and depth >= MAX_DEPTH:
             continue
 
-        def one():
+        def one(f=f):
             if f.message_type is not None:
                 return _rand_val(f.message_type, rng, depth + 1)
             return _rand_scalar(f, rng)
@@ -795,7 +795,7 @@ def test_unknown_fields_all_wire_types_skipped():
 def test_malformed_raises_decodeerror(data):
     with pytest.raises(DecodeError):
         task.StateRequest.decode(data)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017  (protobuf's own DecodeError type varies)
         pb2_class("containerd.task.v2.StateRequest").FromString(data)
     assert issubclass(DecodeError, ValueError)
 

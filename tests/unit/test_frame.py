@@ -35,7 +35,8 @@ except Exception as e:  # ImportError, AttributeError, or a broken build
     NATIVE_ERROR = "%s: %s (shim imported from %s)" % (type(e).__name__, e, shim.__file__)
     if os.environ.get("PYSHIM_REQUIRE_NATIVE", "") not in ("", "0"):
         raise
-    warnings.warn("shim._native not importable, native frame tests skipped: " + NATIVE_ERROR)
+    warnings.warn("shim._native not importable, native frame tests skipped: " + NATIVE_ERROR,
+                  stacklevel=1)
 
 MAX = 4194304
 HDR = struct.Struct(">IIBB")

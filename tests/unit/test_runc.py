@@ -12,7 +12,7 @@ from shim import bundle as bundle_files, errors, runc as runc_mod
 from shim.loop import get_loop
 from shim.reaper import Reaper
 from shim.runc import Runc, RuncError
-from shim.ttrpc import NOT_FOUND, UNKNOWN
+from shim.ttrpc import NOT_FOUND
 
 loop = get_loop()
 

@@ -110,7 +110,7 @@ def test_inflight_requests_are_bounded_per_connection(server, monkeypatch):
     # Releasing them lets the rest in, in order, never more than 8 at once.
     for i in range(n):
         gates.setdefault("g%d" % i, Future()).set_result(None)
-        run_until(lambda: len(replies.got) > i, 5)
+        run_until(lambda i=i: len(replies.got) > i, 5)
         assert len(conn.inflight) <= 8
     assert run_until(lambda: len(replies.got) == n)
     assert not conn.paused and conn.backlog is None
