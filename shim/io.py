@@ -20,6 +20,7 @@ of a ready pipe as fd 5; the container writes straight into the pipes (no
 copy in the shim). The wait for ready is bounded, unlike Go's.
 """
 import os
+from stat import S_ISREG as _S_ISREG   # loaded with os already
 from time import monotonic as _monotonic
 
 from shim import _native
@@ -37,6 +38,26 @@ TTY_REARM_MAX = 1.0
 LOGGER_READY_TIMEOUT = 30.0  # seconds a binary logger has to signal ready
 LOGGER_KILL_DELAY = 12.0     # SIGTERM at close, SIGKILL this much later
 _SIGTERM, _SIGKILL = 15, 9
+# Buffer of the output pipes the shim copies from (Linux's default is 64 KiB):
+# a producer writing big blocks wakes the copy once per block instead of 16
+# times, and one splice moves it all. Bounded by fs.pipe-max-size.
+PIPE_SIZE = 1 << 20
+PIPE_MAX_SIZE_PATH = "/proc/sys/fs/pipe-max-size"
+_pipe_size = None
+
+
+def output_pipe_size():
+    """PIPE_SIZE, or fs.pipe-max-size if that is smaller (read once)."""
+    global _pipe_size
+    if _pipe_size is None:
+        size = PIPE_SIZE
+        try:
+            with open(PIPE_MAX_SIZE_PATH, "rb") as f:
+                size = min(size, int(f.read()))
+        except (OSError, ValueError):
+            pass
+        _pipe_size = size
+    return _pipe_size
 
 
 def _close(fd):
@@ -308,6 +329,7 @@ class ProcessIO:
 
     def _output(self, index, dst):
         r, w = self._pipe()
+        _native.set_pipe_size(r, output_pipe_size())
         self._chown(w)
         self.child[index] = w
         self.copies.append((r, dst, True))
@@ -340,6 +362,13 @@ class ProcessIO:
         if d:
             os.makedirs(d, 0o755, exist_ok=True)
         f = self._own(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_CLOEXEC, 0o644))
+        if not _S_ISREG(os.fstat(f).st_mode):
+            # A device or FIFO (file:///dev/null to discard output): O_APPEND
+            # means nothing there, and splice(2) refuses an O_APPEND target.
+            # The same file again, opened without it:
+            g = self._own(os.open("/proc/self/fd/%d" % f, os.O_WRONLY | _O_CLOEXEC))
+            self._forget(f)
+            f = g
         self.child[0] = self._own(os.open("/dev/null", os.O_RDONLY | _O_CLOEXEC))
         self._output(1, f)
         self._output(2, self._own(os.dup(f)))
