@@ -130,6 +130,7 @@ cdef class Copy:
     cdef int _pump(self) except -1:
         cdef ssize_t n
         cdef int rounds = 0, avail = 0, err
+        cdef bint spliced_again = False
         while rounds < MAX_ROUNDS:
             rounds += 1
             if self.buffered:
@@ -163,6 +164,7 @@ cdef class Copy:
             n = splice(self.src, NULL, self.dst, NULL, SPLICE_MAX, SPLICE_F_NONBLOCK | SPLICE_F_MOVE)
             if n > 0:
                 self.copied += n
+                spliced_again = False
                 continue
             if n == 0:
                 return self._finish(0)
@@ -172,6 +174,12 @@ cdef class Copy:
             if err == EAGAIN:
                 # Either src is empty or dst is full: ask src which.
                 if ioctl(self.src, FIONREAD, &avail) == 0 and avail > 0:
+                    # Or src was empty and got data right after the splice:
+                    # splice once more before taking dst for full (a file or
+                    # /dev/null can never be, nor be waited on: EPERM).
+                    if not spliced_again:
+                        spliced_again = True
+                        continue
                     return self._wait(self.dst, EPOLLOUT)
                 if self.draining or _hung_up(self.src):
                     # Empty, and no writer left: that is EOF (splice says
