@@ -385,25 +385,32 @@ def test_wait_copied_waits_for_output_copies(tmp_path):
 F_GETPIPE_SZ = 1032
 
 
-def test_output_pipes_get_a_bigger_buffer(tmp_path, monkeypatch):
+def test_spliced_output_pipes_get_a_bigger_buffer(tmp_path, monkeypatch):
     from shim import io as shim_io
     monkeypatch.setattr(shim_io, "_pipe_size", None)
-    out = tmp_path / "log"
-    p = ProcessIO("", "file://%s" % out, "")
+    limit = int(open("/proc/sys/fs/pipe-max-size").read())
+    p = ProcessIO("", "file:///dev/null", "")
     p.open()
     try:
         fds = p.runc_fds()
-        assert fcntl.fcntl(fds[1], F_GETPIPE_SZ) == min(shim_io.PIPE_SIZE, int(
-            open("/proc/sys/fs/pipe-max-size").read())) == shim_io.output_pipe_size()
+        assert fcntl.fcntl(fds[1], F_GETPIPE_SZ) == min(shim_io.PIPE_SIZE, limit) \
+            == shim_io.output_pipe_size()
         assert fcntl.fcntl(fds[2], F_GETPIPE_SZ) == shim_io.output_pipe_size()
     finally:
         p.close()
+    # A regular log file is copied through a buffer: default pipes.
+    p = ProcessIO("", "file://%s" % (tmp_path / "log"), "")
+    p.open()
+    try:
+        assert [fcntl.fcntl(fd, F_GETPIPE_SZ) for fd in p.runc_fds()[1:]] == [65536, 65536]
+    finally:
+        p.close()
     # fs.pipe-max-size below PIPE_SIZE bounds it.
-    limit = tmp_path / "pipe-max-size"
-    limit.write_text("131072\n")
-    monkeypatch.setattr(shim_io, "PIPE_MAX_SIZE_PATH", str(limit))
+    lim = tmp_path / "pipe-max-size"
+    lim.write_text("131072\n")
+    monkeypatch.setattr(shim_io, "PIPE_MAX_SIZE_PATH", str(lim))
     monkeypatch.setattr(shim_io, "_pipe_size", None)
-    p = ProcessIO("", "file://%s" % out, "")
+    p = ProcessIO("", "file:///dev/null", "")
     p.open()
     try:
         assert fcntl.fcntl(p.runc_fds()[1], F_GETPIPE_SZ) == 131072
