@@ -1,8 +1,10 @@
 # The epoll core of the shim's single event loop.
 #
 # Python fds get callbacks; stdio copies (src fd -> dst fd) are pumped here in
-# C and only surface to Python once, when they finish. Pipe-to-pipe copies
-# use splice(2) so container output never passes through user space.
+# C and only surface to Python once, when they finish. Copies out of a pipe
+# use splice(2) so container output never passes through user space; where
+# the kernel refuses (an O_APPEND file, a tty) the copy reads and writes
+# through a buffer of its own.
 
 from libc.errno cimport errno, EAGAIN, EINTR, EINVAL, EIO, EPIPE
 from libc.stdlib cimport malloc, free
@@ -52,7 +54,12 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t c_read "read"(int fd, void *buf, size_t n)
     ssize_t c_write "write"(int fd, const void *buf, size_t n)
 
-DEF CHUNK = 65536
+# One splice() asks for up to this much: a length, not a buffer, so a pipe
+# the shim enlarged (io.PIPE_SIZE) is emptied in one call.
+DEF SPLICE_MAX = 1048576
+# read()/write() copies: measured no faster with 256 KiB or 1 MiB (the
+# bytes are copied twice either way), so the buffer stays small.
+DEF BUF_SIZE = 65536
 DEF MAX_ROUNDS = 16      # per wake-up, so one busy copy cannot starve the loop
 DEF MAXEVENTS = 64
 
@@ -90,7 +97,7 @@ cdef class Copy:
     cdef public object on_done
     cdef int watched          # fd currently registered in epoll (-1: none)
     cdef readonly bint draining   # end (on_done(0)) once src has nothing more now
-    cdef bint buffered        # splice not possible: read/write through buf
+    cdef readonly bint buffered   # splice not possible: read/write through buf
     cdef char *buf
     cdef Py_ssize_t buf_start, buf_end
     cdef Poller poller
@@ -123,6 +130,7 @@ cdef class Copy:
     cdef int _pump(self) except -1:
         cdef ssize_t n
         cdef int rounds = 0, avail = 0, err
+        cdef bint spliced_again = False
         while rounds < MAX_ROUNDS:
             rounds += 1
             if self.buffered:
@@ -138,7 +146,7 @@ cdef class Copy:
                     self.buf_start += n
                     self.copied += n
                     continue
-                n = c_read(self.src, self.buf, CHUNK)
+                n = c_read(self.src, self.buf, BUF_SIZE)
                 if n < 0:
                     err = errno
                     if err == EINTR:
@@ -153,9 +161,10 @@ cdef class Copy:
                 self.buf_start = 0
                 self.buf_end = n
                 continue
-            n = splice(self.src, NULL, self.dst, NULL, CHUNK, SPLICE_F_NONBLOCK | SPLICE_F_MOVE)
+            n = splice(self.src, NULL, self.dst, NULL, SPLICE_MAX, SPLICE_F_NONBLOCK | SPLICE_F_MOVE)
             if n > 0:
                 self.copied += n
+                spliced_again = False
                 continue
             if n == 0:
                 return self._finish(0)
@@ -165,6 +174,12 @@ cdef class Copy:
             if err == EAGAIN:
                 # Either src is empty or dst is full: ask src which.
                 if ioctl(self.src, FIONREAD, &avail) == 0 and avail > 0:
+                    # Or src was empty and got data right after the splice:
+                    # splice once more before taking dst for full (a file or
+                    # /dev/null can never be, nor be waited on: EPERM).
+                    if not spliced_again:
+                        spliced_again = True
+                        continue
                     return self._wait(self.dst, EPOLLOUT)
                 if self.draining or _hung_up(self.src):
                     # Empty, and no writer left: that is EOF (splice says
@@ -186,7 +201,7 @@ cdef class Copy:
 
     cdef int _go_buffered(self) except -1:
         if self.buf == NULL:
-            self.buf = <char *>malloc(CHUNK)
+            self.buf = <char *>malloc(BUF_SIZE)
             if self.buf == NULL:
                 raise MemoryError()
         self.buffered = True

@@ -65,6 +65,8 @@ cdef extern from "<fcntl.h>" nogil:
     int F_SETFD
     int FD_CLOEXEC
     int O_CLOEXEC
+    int F_SETPIPE_SZ
+    int F_GETPIPE_SZ
 
 cdef extern from "<sys/syscall.h>" nogil:
     long SYS_close_range
@@ -232,6 +234,20 @@ def set_winsize(int fd, int rows, int cols):
     ws.ws_col = cols
     if ioctl(fd, TIOCSWINSZ, &ws) != 0:
         raise OSError(errno, "TIOCSWINSZ")
+
+
+def set_pipe_size(int fd, int size):
+    """F_SETPIPE_SZ: ask for a pipe buffer of `size` bytes. Returns the size
+    the pipe has afterwards: the kernel rounds up to a power of two pages,
+    and a refusal (EPERM over fs.pipe-max-size or the user's pipe pages
+    without CAP_SYS_RESOURCE, ENOMEM) leaves the pipe as it was."""
+    cdef int n = fcntl(fd, F_SETPIPE_SZ, size)
+    if n >= 0:
+        return n
+    n = fcntl(fd, F_GETPIPE_SZ)
+    if n < 0:
+        raise OSError(errno, "F_GETPIPE_SZ")
+    return n
 
 
 def recv_fd(int sock, size_t maxname=4096):

@@ -665,4 +665,5 @@ def test_import_and_stats_load_nothing_heavy(tmp_path):
     on_import, after_stats = eval(out[0]), eval(out[1])
     assert on_import == ["shim.cgroups"]
     assert set(after_stats) <= {"shim.cgroups", "shim.pb.cgroups1", "shim.pb.cgroups2",
-                                "shim.pb.wkt"}, after_stats
+                                "shim.pb.wkt", "shim.cgroup_stats_v1",
+                                "shim.cgroup_stats_v2"}, after_stats

@@ -378,3 +378,93 @@ def test_wait_copied_waits_for_output_copies(tmp_path):
         io.close()
         for fd in readers:
             os.close(fd)
+
+
+# ---- output pipes and file:// targets ---------------------------------------
+
+F_GETPIPE_SZ = 1032
+
+
+def test_spliced_output_pipes_get_a_bigger_buffer(tmp_path, monkeypatch):
+    from shim import io as shim_io
+    monkeypatch.setattr(shim_io, "_pipe_size", None)
+    limit = int(open("/proc/sys/fs/pipe-max-size").read())
+    p = ProcessIO("", "file:///dev/null", "")
+    p.open()
+    try:
+        fds = p.runc_fds()
+        assert fcntl.fcntl(fds[1], F_GETPIPE_SZ) == min(shim_io.PIPE_SIZE, limit) \
+            == shim_io.output_pipe_size()
+        assert fcntl.fcntl(fds[2], F_GETPIPE_SZ) == shim_io.output_pipe_size()
+    finally:
+        p.close()
+    # A regular log file is copied through a buffer: default pipes.
+    p = ProcessIO("", "file://%s" % (tmp_path / "log"), "")
+    p.open()
+    try:
+        assert [fcntl.fcntl(fd, F_GETPIPE_SZ) for fd in p.runc_fds()[1:]] == [65536, 65536]
+    finally:
+        p.close()
+    # fs.pipe-max-size below PIPE_SIZE bounds it.
+    lim = tmp_path / "pipe-max-size"
+    lim.write_text("131072\n")
+    monkeypatch.setattr(shim_io, "PIPE_MAX_SIZE_PATH", str(lim))
+    monkeypatch.setattr(shim_io, "_pipe_size", None)
+    p = ProcessIO("", "file:///dev/null", "")
+    p.open()
+    try:
+        assert fcntl.fcntl(p.runc_fds()[1], F_GETPIPE_SZ) == 131072
+    finally:
+        p.close()
+
+
+def _copy_through(p, data):
+    """Write data as the container's stdout, then EOF on both outputs.
+    Returns the copies and the file status flags of their destinations."""
+    p.open()
+    fds = p.runc_fds()
+    w1, w2 = os.dup(fds[1]), os.dup(fds[2])
+    p.start()
+
+    async def container():
+        view = memoryview(data)
+        os.set_blocking(w1, False)
+        while view:
+            try:
+                view = view[os.write(w1, view[:1 << 20]):]
+            except BlockingIOError:
+                await sleep(0.001)
+        os.close(w1)
+        os.close(w2)
+        return await p.wait_copied(10)
+    copies = list(p.active)
+    flags = [fcntl.fcntl(c.dst, fcntl.F_GETFL) for c in copies]
+    assert run(container()) is True
+    return copies, flags
+
+
+def test_file_uri_to_a_device_is_spliced_not_copied():
+    # file:///dev/null (discarding output): opened without O_APPEND, which
+    # means nothing for a device, so splice(2) moves the bytes.
+    p = ProcessIO("", "file:///dev/null", "")
+    try:
+        copies, flags = _copy_through(p, b"x" * (3 << 20))
+        assert [c.copied for c in copies] == [3 << 20, 0]
+        assert not any(c.buffered for c in copies)
+        assert not any(f & os.O_APPEND for f in flags)
+    finally:
+        p.close()
+
+
+def test_file_uri_to_a_regular_file_still_appends(tmp_path):
+    out = tmp_path / "log"
+    out.write_bytes(b"before\n")
+    p = ProcessIO("", "file://%s" % out, "")
+    data = os.urandom((2 << 20) + 5)
+    try:
+        copies, flags = _copy_through(p, data)
+        assert copies[0].buffered          # splice refuses O_APPEND targets
+        assert all(f & os.O_APPEND for f in flags)
+    finally:
+        p.close()
+    assert out.read_bytes() == b"before\n" + data
