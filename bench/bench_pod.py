@@ -16,7 +16,6 @@ Memory is read SETTLE seconds after the last StartContainer, before the pod
 is removed; only one pod exists at a time, so every shim of the CRI
 namespace belongs to it.
 """
-import os
 import statistics
 import time
 

@@ -84,14 +84,14 @@ def per_container(containerd, bench_results):
             res[key] = {"ns": memory.namespace_for(containerd, rt), "samples": [r]}
         for _ in range(MEM_SAMPLES - 1):
             time.sleep(0.2)
-            for key, rt in RUNTIMES:
+            for key, _rt in RUNTIMES:
                 pids = memory.shim_pids(res[key]["ns"], containerd.address)
                 tot = _mem_snapshot(pids)
                 s = {k: v / N_CONTAINERS for k, v in tot.items()}
                 s["shims"] = tot["procs"]
                 res[key]["samples"].append(s)
     finally:
-        for key, rt in RUNTIMES:
+        for _key, rt in RUNTIMES:
             memory.remove_namespace_containers(containerd, memory.namespace_for(containerd, rt))
     return res
 

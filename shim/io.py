@@ -17,7 +17,7 @@ from stat import S_ISREG as _S_ISREG   # loaded with os already
 
 from shim import _native
 from shim.loop import Future, get_loop, wait_for
-from shim.ttrpc import TTRPCError, INVALID_ARGUMENT, UNIMPLEMENTED
+from shim.errors import INVALID_ARGUMENT, UNIMPLEMENTED, Error as TTRPCError
 
 _O_CLOEXEC = os.O_CLOEXEC
 _O_NONBLOCK = os.O_NONBLOCK

@@ -11,7 +11,7 @@ from time import monotonic as _monotonic
 from shim import _native
 from shim.io import _close
 from shim.loop import Future, wait_for
-from shim.ttrpc import TTRPCError, UNKNOWN
+from shim.errors import UNKNOWN, Error as TTRPCError
 
 _O_CLOEXEC = os.O_CLOEXEC
 LOGGER_READY_TIMEOUT = 30.0  # seconds a binary logger has to signal ready

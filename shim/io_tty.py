@@ -15,7 +15,7 @@ import os
 from shim import _native
 from shim.io import ProcessIO, _close
 from shim.loop import Future, wait_for
-from shim.ttrpc import TTRPCError, UNKNOWN
+from shim.errors import UNKNOWN, Error as TTRPCError
 
 _O_CLOEXEC = os.O_CLOEXEC
 _O_NONBLOCK = os.O_NONBLOCK
