@@ -175,10 +175,10 @@ def test_memory_idle_process(benchmark, replay, sleepers, bench_results, q, rt):
 
 @pytest.fixture(scope="session")
 def state_samples(sleepers):
-    from shim import ttrpc
+    from shim import ttrpc_client
     from shim.pb import task as pbtask
     req = {k: pbtask.StateRequest(id=sleepers[k]["cid"]) for k in IDS}
-    clients = {k: ttrpc.SyncClient(sleepers[k]["address"]) for k in IDS}
+    clients = {k: ttrpc_client.SyncClient(sleepers[k]["address"]) for k in IDS}
     Resp = pbtask.StateResponse
     try:
         for k in IDS:
@@ -421,7 +421,7 @@ def test_exec_latency(benchmark, replay, exec_samples, bench_results, rt):
 @pytest.fixture(scope="session")
 def raw_exec_samples(containerd, sleepers):
     import json
-    from shim import ttrpc
+    from shim import ttrpc_client
     from shim.pb import task as pbtask
     from shim.pb import wkt
     task = "containerd.task.v2.Task"
@@ -433,7 +433,7 @@ def raw_exec_samples(containerd, sleepers):
             proc["args"] = ["true"]
             specs[k] = wkt.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
                                value=json.dumps(proc).encode())
-            clients[k] = ttrpc.SyncClient(sleepers[k]["address"], timeout=60)
+            clients[k] = ttrpc_client.SyncClient(sleepers[k]["address"], timeout=60)
 
         def run(key, rt, i):
             cl, cid, eid = clients[key], sleepers[key]["cid"], "r%d" % i

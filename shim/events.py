@@ -7,7 +7,7 @@ never blocked; an event containerd refuses outright is dropped and logged.
 """
 import time
 
-from shim import ttrpc
+from shim import errors, ttrpc_client
 from shim.loop import Future, get_loop, sleep
 from shim.pb import eventsvc, wkt
 
@@ -29,7 +29,7 @@ class Publisher:
         self.loop = loop or get_loop()
         self.namespace = namespace
         self.log = log
-        self.client = ttrpc.Client(address, self.loop, [(NS_KEY, namespace)]) if address else None
+        self.client = ttrpc_client.Client(address, self.loop, [(NS_KEY, namespace)]) if address else None
         self.queue = []
         self.running = False
         self.idle = None          # Future resolved when the queue drains
@@ -68,8 +68,8 @@ class Publisher:
                 await self.client.call(SERVICE, "Forward", req, timeout=FORWARD_TIMEOUT)
                 self.sent += 1
                 return
-            except ttrpc.TTRPCError as e:
-                if e.code not in (ttrpc.UNAVAILABLE, ttrpc.DEADLINE_EXCEEDED, ttrpc.CANCELED):
+            except errors.Error as e:
+                if e.code not in (errors.UNAVAILABLE, errors.DEADLINE_EXCEEDED, errors.CANCELED):
                     self._warn("event %s dropped: %s" % (env.topic, e))
                     return
                 self.client.close()

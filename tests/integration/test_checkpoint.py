@@ -31,7 +31,7 @@ import time
 
 import pytest
 
-from shim import ttrpc
+from shim import ttrpc, ttrpc_client
 from shim.pb import runc as runc_pb
 from shim.pb import runctypes
 from shim.pb import task as pb
@@ -88,7 +88,7 @@ def raw(containerd, host, tmp_path):
     a bundle sharing the host's rootfs read-only. Containers created through
     the client are deleted (killed first) at the end."""
     created = []
-    cl = ttrpc.SyncClient(address_of(containerd, host), timeout=60)
+    cl = ttrpc_client.SyncClient(address_of(containerd, host), timeout=60)
     host_bundle = containerd.bundle(host)
     with open(os.path.join(host_bundle, "config.json")) as f:
         base = json.load(f)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from shim import ttrpc
+from shim import ttrpc_client
 from shim.pb import bootstrap, task as pb, wkt
 from shim.pb import runc as runc_pb
 from support.bundle import busybox_rootfs, write_bundle
@@ -77,7 +77,7 @@ def test_bootstrap_start_v3_api_and_pod_container_without_start(
         serve_pid = serving[0]
         assert "-debug" in proc_argv(serve_pid)
 
-        with ttrpc.SyncClient(res.address, timeout=30) as cl:
+        with ttrpc_client.SyncClient(res.address, timeout=30) as cl:
             c = cl.call(V3, "Connect", pb.ConnectRequest(id=sandbox), pb.ConnectResponse)
             assert c.shim_pid == serve_pid
             # The sandbox (pause) container, created through the v3 names.

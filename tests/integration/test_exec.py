@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from shim import ttrpc
+from shim import ttrpc, ttrpc_client
 from shim.pb import task as pb
 from shim.pb import wkt
 from support.containerd import PY_RUNTIME, task_service
@@ -177,7 +177,7 @@ def test_init_exit_published_after_its_execs(containerd, sleeper):
 
 def test_exec_rpc_error_matrix(containerd, sleeper):
     cid = sleeper
-    with ttrpc.SyncClient(address_of(containerd, cid), timeout=30) as cl:
+    with ttrpc_client.SyncClient(address_of(containerd, cid), timeout=30) as cl:
         spec = process_spec(containerd, cid, ["sh", "-c", "exit 6"])
         call(cl, "Exec", pb.ExecProcessRequest(id=cid, exec_id="x1", spec=spec))
         assert rpc_error(cl, "Exec", pb.ExecProcessRequest(id=cid, exec_id="x1", spec=spec)) \
@@ -216,7 +216,7 @@ def test_exec_rpc_error_matrix(containerd, sleeper):
 
 def test_exec_rpc_running_kill_delete_and_paused_state(containerd, sleeper):
     cid = sleeper
-    with ttrpc.SyncClient(address_of(containerd, cid), timeout=30) as cl:
+    with ttrpc_client.SyncClient(address_of(containerd, cid), timeout=30) as cl:
         spec = process_spec(containerd, cid, ["sleep", "3600"])
         call(cl, "Exec", pb.ExecProcessRequest(id=cid, exec_id="r1", spec=spec))
         pid = call(cl, "Start", pb.StartRequest(id=cid, exec_id="r1"), pb.StartResponse).pid
@@ -246,7 +246,7 @@ def test_exec_rpc_running_kill_delete_and_paused_state(containerd, sleeper):
 
 def test_exec_rpc_start_failure_leaves_it_created(containerd, sleeper):
     cid = sleeper
-    with ttrpc.SyncClient(address_of(containerd, cid), timeout=30) as cl:
+    with ttrpc_client.SyncClient(address_of(containerd, cid), timeout=30) as cl:
         spec = process_spec(containerd, cid, ["/bin/nope"])
         call(cl, "Exec", pb.ExecProcessRequest(id=cid, exec_id="f1", spec=spec))
         code, msg = rpc_error(cl, "Start", pb.StartRequest(id=cid, exec_id="f1"))
@@ -266,7 +266,7 @@ def test_exec_rpc_stopped_container_refused(containerd, sleeper):
     cid = sleeper
     containerd.ctr("task", "kill", "-s", "SIGKILL", cid)
     assert wait_status(containerd, cid, "STOPPED") == "STOPPED"
-    with ttrpc.SyncClient(address_of(containerd, cid), timeout=30) as cl:
+    with ttrpc_client.SyncClient(address_of(containerd, cid), timeout=30) as cl:
         spec = process_spec(containerd, cid, ["true"])
         assert rpc_error(cl, "Exec", pb.ExecProcessRequest(id=cid, exec_id="s1", spec=spec)) \
             == (ttrpc.UNKNOWN, "cannot exec in a stopped state")
@@ -282,7 +282,7 @@ def test_exec_close_io_gives_eof(containerd, sleeper, tmp_path):
     out = os.open(fifo_out, os.O_RDONLY | os.O_NONBLOCK)
     err = os.open(fifo_err, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        with ttrpc.SyncClient(address_of(containerd, cid), timeout=30) as cl:
+        with ttrpc_client.SyncClient(address_of(containerd, cid), timeout=30) as cl:
             spec = process_spec(containerd, cid, ["sh", "-c", "cat; echo done"])
             call(cl, "Exec", pb.ExecProcessRequest(id=cid, exec_id="io1", spec=spec,
                                                    stdin=fifo_in, stdout=fifo_out,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from shim import ttrpc
+from shim import ttrpc, ttrpc_client
 from shim.pb import runc as runc_pb
 from shim.pb import task as pb
 from shim.pb import wkt
@@ -61,7 +61,7 @@ class Shim:
     def __init__(self, containerd, host, tmp_path):
         self.c = containerd
         self.service = containerd.task_service
-        self.cl = ttrpc.SyncClient(address_of(containerd, host), timeout=60)
+        self.cl = ttrpc_client.SyncClient(address_of(containerd, host), timeout=60)
         self.dir = str(tmp_path)
         self.created = []
         with open(os.path.join(containerd.bundle(host), "config.json")) as f:

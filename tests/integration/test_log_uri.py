@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from shim import ttrpc
+from shim import ttrpc_client
 from shim.pb import task as pb
 from shim.pb import wkt
 from support.containerd import PY_RUNTIME, pid_alive, task_service, wait_pids_gone
@@ -209,7 +209,7 @@ def test_binary_logger_for_exec_and_tty(containerd, image, cid, logger, tmp_path
     spec = wkt.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
                    value=json.dumps(proc).encode())
     uri = "binary://%s?dir=%s" % (logger, d2)
-    with ttrpc.SyncClient(address_of(containerd, cid), timeout=30) as cl:
+    with ttrpc_client.SyncClient(address_of(containerd, cid), timeout=30) as cl:
         cl.call(TASK, "Exec", pb.ExecProcessRequest(id=cid, exec_id="e2", spec=spec,
                                                     terminal=True, stdout=uri, stderr=uri))
         sid = cl.send_raw_request(TASK, "Wait", pb.WaitRequest(id=cid, exec_id="e2").encode())

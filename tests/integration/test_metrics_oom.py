@@ -59,7 +59,7 @@ def test_oom_event_before_exit(containerd, image, make_cid, runtime):
 
 def test_memory_limit_update_visible_in_cgroup(containerd, ctr_run, cid, runtime):
     # ctr 1.6 has no `task update`: send Update to the shim as containerd does.
-    from shim import ttrpc
+    from shim import ttrpc, ttrpc_client
     from shim.pb import task as pb
     from shim.pb import wkt
     ctr_run("sleep", "3600", runtime=runtime, id=cid, detach=True, check=True)
@@ -77,7 +77,7 @@ def test_memory_limit_update_visible_in_cgroup(containerd, ctr_run, cid, runtime
                   value=json.dumps({"memory": {"limit": 48 << 20}}).encode())
     # containerd 2.x's Go shim serves only the v3 Task service
     service = containerd.task_service
-    with ttrpc.SyncClient(address) as cl:
+    with ttrpc_client.SyncClient(address) as cl:
         cl.call(service, "Update", pb.UpdateTaskRequest(id=cid, resources=res))
         with pytest.raises(ttrpc.TTRPCError) as e:
             cl.call(service, "Update", pb.UpdateTaskRequest(

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from shim import frame, ttrpc
+from shim import frame, ttrpc, ttrpc_client
 from shim.pb import runc as runc_pb
 from shim.pb import task as pb
 from shim.pb import ttrpc as pb_ttrpc
@@ -131,7 +131,7 @@ def test_shutdown_lets_requests_in_flight_finish(standalone):
                         '"$RUNC" "$@"; rc=$?; sleep 5; : > %s; exit $rc' % done)
     id = "drain"
     bundle, address, pid = standalone.start(id)
-    with ttrpc.SyncClient(address, timeout=30) as a, ttrpc.SyncClient(address, timeout=30) as b:
+    with ttrpc_client.SyncClient(address, timeout=30) as a, ttrpc_client.SyncClient(address, timeout=30) as b:
         a.call(TASK, "Create", pb.CreateTaskRequest(
             id=id, bundle=bundle, options=standalone.options(slow_kill)), pb.CreateTaskResponse)
         a.call(TASK, "Start", pb.StartRequest(id=id), pb.StartResponse)
@@ -192,7 +192,7 @@ def test_state_flood_without_reading_keeps_the_shim_small(containerd, ctr_run, c
     ctr_run("sleep", "3600", runtime=PY_RUNTIME, id=cid, detach=True, check=True)
     assert wait_status(containerd, cid, "RUNNING") == "RUNNING"
     address = address_of(containerd, cid)
-    with ttrpc.SyncClient(address) as cl:
+    with ttrpc_client.SyncClient(address) as cl:
         pid = cl.call(TASK, "Connect", pb.ConnectRequest(id=cid), pb.ConnectResponse).shim_pid
         for _ in range(2000):               # warm up: a normal client's working set
             cl.call(TASK, "State", pb.StateRequest(id=cid), pb.StateResponse)
@@ -257,7 +257,7 @@ def test_state_flood_without_reading_keeps_the_shim_small(containerd, ctr_run, c
     print("shim RSS %.1f MiB, peak growth %.2f MiB (%s)" % (base / 1024.0, growth, then))
     assert growth < 5, "shim grew by %.1f MiB" % growth
     assert pid_alive(pid)
-    with ttrpc.SyncClient(address) as cl:
+    with ttrpc_client.SyncClient(address) as cl:
         st = cl.call(TASK, "State", pb.StateRequest(id=cid), pb.StateResponse)
         assert (st.id, st.status) == (cid, RUNNING)
 
@@ -283,7 +283,7 @@ def test_shim_without_create_exits_and_removes_its_socket(standalone):
 def test_shim_with_create_stays(standalone):
     id = "adopted"
     bundle, address, pid = standalone.start(id, env={IDLE_ENV: "1"})
-    with ttrpc.SyncClient(address, timeout=30) as cl:
+    with ttrpc_client.SyncClient(address, timeout=30) as cl:
         cl.call(TASK, "Create", pb.CreateTaskRequest(
             id=id, bundle=bundle, options=standalone.options()), pb.CreateTaskResponse)
         time.sleep(3)
@@ -347,6 +347,6 @@ def test_non_root_caller_is_refused(standalone, tmp_path):
         os.chmod(path, 0o600)
         shutil.rmtree(open_dir, ignore_errors=True)
     # Root is still answered.
-    with ttrpc.SyncClient(address) as cl:
+    with ttrpc_client.SyncClient(address) as cl:
         r = cl.call(TASK, "Connect", pb.ConnectRequest(id="peer"), pb.ConnectResponse)
     assert r.shim_pid == pid

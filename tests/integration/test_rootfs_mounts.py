@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from shim import _native, ttrpc
+from shim import _native, ttrpc, ttrpc_client
 from shim.pb import task as pb
 from shim.pb import types
 from support.bundle import busybox_rootfs
@@ -58,7 +58,7 @@ class Shim:
         self.c = containerd
         self.workdir = workdir
         self.service = containerd.task_service
-        self.cl = ttrpc.SyncClient(address_of(containerd, host), timeout=60)
+        self.cl = ttrpc_client.SyncClient(address_of(containerd, host), timeout=60)
         with open(os.path.join(containerd.bundle(host), "config.json")) as f:
             self.base = json.load(f)
         self.created = []

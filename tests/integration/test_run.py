@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from shim import ttrpc
+from shim import ttrpc, ttrpc_client
 from shim.pb import task as pb
 from support.containerd import GO_RUNTIME, PY_RUNTIME, mounts_under, pid_alive, wait_pids_gone
 from support.helpers import address_of, ctr_events, wait_status
@@ -81,7 +81,7 @@ def test_detached_lifecycle_ls_ps_kill_wait_rm(containerd, ctr_run, cid, runtime
     assert pid in pids and len(pids) == 2, ps
     # ctr 1.6 has no `task wait`: wait through the shim's own Wait RPC
     # (same wire on both shims).
-    with ttrpc.SyncClient(address_of(containerd, cid), timeout=30) as cl:
+    with ttrpc_client.SyncClient(address_of(containerd, cid), timeout=30) as cl:
         sid = cl.send_raw_request(containerd.task_service, "Wait",
                                   pb.WaitRequest(id=cid).encode())
         containerd.ctr("task", "kill", "-s", "SIGKILL", cid)
@@ -225,7 +225,7 @@ def test_duplicate_id_refused(containerd, ctr_run, cid):
     # The shim itself refuses a second Create of a live id (AlreadyExists),
     # without touching the running container's rootfs.
     bundle = containerd.bundle(cid)
-    with ttrpc.SyncClient(address_of(containerd, cid)) as cl:
+    with ttrpc_client.SyncClient(address_of(containerd, cid)) as cl:
         with pytest.raises(ttrpc.TTRPCError) as e:
             cl.call(containerd.task_service, "Create",
                     pb.CreateTaskRequest(id=cid, bundle=bundle))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from shim import frame, ttrpc
+from shim import frame, ttrpc_client
 from shim.loop import get_loop
 from shim.pb import events as ev
 from shim.pb import task as pb
@@ -88,7 +88,7 @@ def test_state_and_pids_match_ctr(containerd, running):
     pid, status = containerd.tasks()[cid]
     ps = containerd.ctr("task", "ps", cid).stdout.split("\n")[1:]
     ctr_pids = sorted(int(line.split()[0]) for line in ps if line.strip())
-    with ttrpc.SyncClient(address) as cl:
+    with ttrpc_client.SyncClient(address) as cl:
         st = cl.call(TASK, "State", pb.StateRequest(id=cid), pb.StateResponse)
         pids = cl.call(TASK, "Pids", pb.PidsRequest(id=cid), pb.PidsResponse)
         conn = cl.call(TASK, "Connect", pb.ConnectRequest(id=cid), pb.ConnectResponse)
@@ -168,7 +168,7 @@ def test_oversize_frame_is_refused_and_stream_stays_in_sync(running):
 
 def test_wait_does_not_block_other_calls_on_the_connection(containerd, running):
     cid, address = running
-    with ttrpc.SyncClient(address, timeout=20) as cl:
+    with ttrpc_client.SyncClient(address, timeout=20) as cl:
         wait_sid = cl.send_raw_request(TASK, "Wait", pb.WaitRequest(id=cid).encode())
         t0 = time.monotonic()
         for _ in range(5):
@@ -205,7 +205,7 @@ def test_garbage_and_half_frames_do_not_hurt_the_shim(containerd, running, runti
         s.sendall(frame.encode_frame(1, 1, 0, pb_ttrpc.Request(
             service=TASK, method="Wait", payload=pb.WaitRequest(id=cid).encode()).encode()))
     os.kill(shim_pid, 0)
-    with ttrpc.SyncClient(address) as cl:
+    with ttrpc_client.SyncClient(address) as cl:
         st = cl.call(TASK, "State", pb.StateRequest(id=cid), pb.StateResponse)
     assert st.status == 2
 
@@ -243,6 +243,6 @@ def test_forward_refused_by_containerd_is_dropped_not_retried(containerd):
 
 def test_pids_reports_process_info_types(running):
     cid, address = running
-    with ttrpc.SyncClient(address) as cl:
+    with ttrpc_client.SyncClient(address) as cl:
         pids = cl.call(TASK, "Pids", pb.PidsRequest(id=cid), pb.PidsResponse)
     assert all(isinstance(p, types.ProcessInfo) and p.info is None for p in pids.processes)

@@ -17,7 +17,7 @@ import tty
 
 import pytest
 
-from shim import ttrpc
+from shim import ttrpc_client
 from shim.pb import task as pb
 
 from support.containerd import GO_RUNTIME, QUIET_ENV, task_service
@@ -155,7 +155,7 @@ def test_resize_pty_rpc(containerd, sleeper):
     try:
         assert t.read_until(b"ready\r\n"), t.out
         time.sleep(0.3)         # let ctr's own initial resize land first
-        with ttrpc.SyncClient(address_of(containerd, sleeper), timeout=30) as cl:
+        with ttrpc_client.SyncClient(address_of(containerd, sleeper), timeout=30) as cl:
             cl.call(TASK, "ResizePty", pb.ResizePtyRequest(id=sleeper, exec_id="rz",
                                                            width=91, height=29))
         containerd.ctr("task", "exec", "--exec-id", "go", sleeper, "touch", "/tmp/go")
@@ -220,7 +220,7 @@ def test_tty_exec_close_io_hangs_up(containerd, sleeper, tmp_path):
     spec = wkt.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
                    value=json.dumps(proc).encode())
     try:
-        with ttrpc.SyncClient(address_of(containerd, cid), timeout=30) as cl:
+        with ttrpc_client.SyncClient(address_of(containerd, cid), timeout=30) as cl:
             cl.call(TASK, "Exec", pb.ExecProcessRequest(id=cid, exec_id="cio", terminal=True,
                                                        spec=spec, stdin=fifo_in,
                                                        stdout=fifo_out))

@@ -4,7 +4,7 @@ The execs go straight to the shim over ttrpc (no stdio), so the figures are
 the shim's alone."""
 import os
 
-from shim import ttrpc
+from shim import ttrpc_client
 from support import reltable
 from support.shimwire import exec_once, fd_count, memory_kib, process_spec, shim_pid, state
 
@@ -16,7 +16,7 @@ MAX_GROWTH_KIB = 1024       # pyshim: RSS and PSS growth over EXECS execs
 def test_long_lived_shim_memory_across_execs(containerd, live, runtime):
     cid, address, svc = live
     rt = reltable.runtime_key(runtime)
-    with ttrpc.SyncClient(address, timeout=30) as cl:
+    with ttrpc_client.SyncClient(address, timeout=30) as cl:
         pid = shim_pid(cl, svc, cid)
         proc = process_spec(containerd.bundle(cid), ["sh", "-c", "exit 0"])
         for i in range(WARMUP):

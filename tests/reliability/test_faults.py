@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from shim import ttrpc
+from shim import ttrpc_client
 from support import leaks, reltable
 from support.containerd import PY_RUNTIME, pid_alive, wait_pids_gone
 from support.helpers import address_of, wait_status
@@ -96,7 +96,7 @@ def fifo_dirs_of(pid):
 def exit_status(c, cid):
     """The stopped task's exit status, asked of its shim (ctr 1.6's
     `task delete` does not return it)."""
-    with ttrpc.SyncClient(address_of(c, cid)) as cl:
+    with ttrpc_client.SyncClient(address_of(c, cid)) as cl:
         return state(cl, c.task_service, cid).exit_status
 
 

@@ -14,7 +14,7 @@ import select
 import socket
 import time
 
-from shim import frame, ttrpc
+from shim import frame, ttrpc, ttrpc_client
 from shim.pb import task as pb
 from shim.pb import ttrpc as pb_ttrpc
 from shim.pb import wkt
@@ -132,7 +132,7 @@ def malformed_specs(address, svc, rng, cid=None):
     xfails) the client sees that internal error's text."""
     odd = 0
     refused = 0
-    with ttrpc.SyncClient(address, timeout=30) as cl:
+    with ttrpc_client.SyncClient(address, timeout=30) as cl:
         for i, doc in enumerate(BAD_SPECS):
             spec = wkt.Any(type_url=PROCESS_SPEC_URL, value=doc)
             try:
@@ -219,7 +219,7 @@ def test_hostile_input_class_by_class(containerd, live, runtime):
     cid, address, svc = live
     rt = reltable.runtime_key(runtime)
     rng = random.Random(SEED)
-    with ttrpc.SyncClient(address) as cl:
+    with ttrpc_client.SyncClient(address) as cl:
         pid = shim_pid(cl, svc, cid)
         task_pid = state(cl, svc, cid).pid
     base_fds = fd_count(pid)
@@ -241,7 +241,7 @@ def test_hostile_input_class_by_class(containerd, live, runtime):
         ok = pid_alive(pid) and pid_alive(task_pid)
         if ok:
             try:
-                with ttrpc.SyncClient(address, timeout=10) as cl:
+                with ttrpc_client.SyncClient(address, timeout=10) as cl:
                     st = state(cl, svc, cid)
                 ok = st.status == 2 and st.pid == task_pid
             except (OSError, ttrpc.TTRPCError) as e:
