@@ -266,8 +266,9 @@ def _runc_delete(flags, bundle, runc_mod):
                       root=opts.get("root") or runc_mod.DEFAULT_ROOT,
                       systemd_cgroup=bool(opts.get("systemd_cgroup")),
                       criu_path=opts.get("criu_path") or "")
+    from shim.runc_sync import delete_sync
     try:
-        runc_mod.delete_sync(r, flags.id, bundle, force=True, timeout=3.0)
+        delete_sync(r, flags.id, bundle, force=True, timeout=3.0)
     except runc_mod.RuncError as e:
         _warn("failed to remove runc container: %s" % e)
 

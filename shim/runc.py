@@ -11,9 +11,8 @@ Every invocation is `<binary> --root <root>/<ns> --log <bundle>/log.json
 shim._native.spawn (PDEATHSIG=SIGKILL, env minus NOTIFY_SOCKET, stdin
 /dev/null unless given, stdout+stderr into one non-blocking pipe). The pid is
 claimed from the Reaper right after spawn, so its exit status cannot be lost
-to waitpid(-1). A failure raises RuncError whose message is the `msg` of the
-last `"level":"error"` line this invocation appended to log.json, else the
-captured output, else `exit status N`.
+to waitpid(-1). A failure raises RuncError (shim.runc_errors) with runc's own
+error text. The blocking runc of the `delete` action is shim.runc_sync.
 
 The shim's bundle files (runtime, options.json, the deleted mark) are read
 and written by shim.bundle.
@@ -21,6 +20,7 @@ and written by shim.bundle.
 import os
 
 from shim import _native
+from shim.runc_errors import RuncError, error_message, exec_error, log_size, read_log_error
 
 DEFAULT_BINARY = "runc"
 DEFAULT_ROOT = "/run/containerd/runc"
@@ -29,21 +29,6 @@ LOG_FILE = "log.json"
 SIGKILL = 9
 
 _MAX_OUTPUT = 4 << 20
-
-
-class RuncError(Exception):
-    """runc failed. `message` is runc's own error text (see module doc);
-    `status` is its exit status (None if it never ran), `output` the bytes
-    it printed."""
-
-    def __init__(self, message, status=None, output=b""):
-        Exception.__init__(self, message)
-        self.message = message
-        self.status = status
-        self.output = output
-
-    def __str__(self):
-        return self.message
 
 
 # ---- pid file -----------------------------------------------------------------
@@ -55,65 +40,6 @@ def read_pid_file(path):
     return int(data.strip())
 
 
-# ---- error text ------------------------------------------------------------
-
-def _file_size(path):
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
-def last_error_from_log(data):
-    """msg of the last line with "level":"error" in runc's JSON log (bytes),
-    or None."""
-    from shim import jsonlite
-    msg = None
-    for line in data.splitlines():
-        if b"error" not in line:
-            continue
-        try:
-            entry = jsonlite.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            continue
-        if isinstance(entry, dict) and entry.get("level") == "error":
-            m = entry.get("msg")
-            if isinstance(m, str):
-                msg = m
-    return msg
-
-
-def read_log_error(log_path, offset=0):
-    """Last runc error message in log_path from byte `offset` on (what one
-    invocation appended). If the file shrank, the whole file is read."""
-    try:
-        with open(log_path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if offset > size:
-                offset = 0
-            f.seek(offset)
-            data = f.read()
-    except OSError:
-        return None
-    return last_error_from_log(data)
-
-
-def error_message(log_msg, output, status):
-    if log_msg:
-        return log_msg
-    if output:
-        text = output.decode("utf-8", "replace").strip()
-        if text:
-            return text
-    return "exit status %d" % status
-
-
-def _exec_error(binary, e):
-    if e.errno == 2 and "/" not in binary:
-        return RuncError('exec: "%s": executable file not found in $PATH' % binary)
-    return RuncError("fork/exec %s: %s" % (binary, e.strerror or e))
-
-
 # ---- environment / fds -----------------------------------------------------
 
 def runc_env():
@@ -121,7 +47,7 @@ def runc_env():
     return ["%s=%s" % (k, v) for k, v in os.environ.items() if k != "NOTIFY_SOCKET"]
 
 
-def _devnull(mode=os.O_RDWR):
+def devnull(mode=os.O_RDWR):
     return os.open("/dev/null", mode | os.O_CLOEXEC)
 
 
@@ -246,7 +172,7 @@ class Runc:
         then nothing is captured. stdin_data: bytes fed on stdin."""
         argv = self.command(bundle, *args)
         log_path = os.path.join(bundle, LOG_FILE)
-        offset = _file_size(log_path)
+        offset = log_size(log_path)
         loop = self.loop
         out = err = None
         opened = []
@@ -257,14 +183,14 @@ class Runc:
                     fds.append(None)
                 for i in range(3):
                     if fds[i] is None:
-                        fd = _devnull()
+                        fd = devnull()
                         opened.append(fd)
                         fds[i] = fd
             else:
                 if stdin_data is not None:
                     fd0 = _memfd(stdin_data)
                 else:
-                    fd0 = _devnull(os.O_RDONLY)
+                    fd0 = devnull(os.O_RDONLY)
                 opened.append(fd0)
                 out = _Capture(loop)
                 if stdout_only:
@@ -275,7 +201,7 @@ class Runc:
             try:
                 pid = _native.spawn(self.binary, argv, runc_env(), fds, pdeathsig=SIGKILL)
             except OSError as e:
-                raise _exec_error(self.binary, e) from None
+                raise exec_error(self.binary, e) from None
             exited = self.reaper.watch(pid)
         except BaseException:
             for c in (out, err):
@@ -463,72 +389,3 @@ def _write_process_file(data):
         os.close(fd)
         return path
     raise OSError(17, "cannot create a runc-process file in %s" % d)
-
-
-# ---- blocking use (the short-lived `delete` action) -------------------------
-
-def run_sync(argv, timeout=4.0):
-    """Run argv (no loop, no reaper) with stdin /dev/null and stdout+stderr
-    captured; SIGKILL it after `timeout` seconds. Returns (status, output);
-    status is the exit code, 128+N for a signal, or raises RuncError if it
-    could not be started."""
-    import time
-    from shim.reaper import exit_code
-    null = _devnull(os.O_RDONLY)
-    r, w = os.pipe2(os.O_CLOEXEC)
-    try:
-        try:
-            pid = _native.spawn(argv[0], argv, runc_env(), [null, w, w], pdeathsig=SIGKILL)
-        except OSError as e:
-            raise _exec_error(argv[0], e) from None
-    finally:
-        os.close(null)
-        os.close(w)
-    # Read until EOF (runc exited, or its children closed the pipe too),
-    # waiting in poll(2) rather than polling waitpid, then reap.
-    from select import poll, POLLIN
-    p = poll()
-    p.register(r, POLLIN)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    status = None
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not p.poll(int(left * 1000) + 1):
-                if time.monotonic() < deadline:
-                    continue
-                os.kill(pid, SIGKILL)
-                break
-            b = os.read(r, 65536)
-            if not b:
-                break
-            chunks.append(b)
-        # Bounded: a runc that closed its output but lingers is killed.
-        while status is None:
-            wpid, st = os.waitpid(pid, os.WNOHANG)
-            if wpid == pid:
-                status = exit_code(st)
-            elif time.monotonic() > deadline:
-                os.kill(pid, SIGKILL)
-                status = exit_code(os.waitpid(pid, 0)[1])
-            else:
-                time.sleep(0.001)
-    finally:
-        os.close(r)
-    return status, b"".join(chunks)
-
-
-def delete_sync(runc, id, bundle, force=True, timeout=4.0):
-    """Blocking `runc delete [--force] id` for the delete action. Raises
-    RuncError (not for "does not exist")."""
-    args = ["delete"] + (["--force"] if force else []) + [id]
-    argv = runc.command(bundle, *args)
-    log_path = os.path.join(bundle, LOG_FILE)
-    offset = _file_size(log_path)
-    status, output = run_sync(argv, timeout)
-    if status != 0:
-        msg = error_message(read_log_error(log_path, offset), output, status)
-        if "does not exist" in msg:
-            return
-        raise RuncError(msg, status, output)

@@ -1,6 +1,6 @@
-"""shim.runc without root: argv building, log.json error extraction,
-bundle files, and the spawn/reap/capture path driven
-through a fake runc (a shell script)."""
+"""shim.runc, shim.runc_errors and shim.runc_sync without root: argv
+building, log.json error extraction, bundle files, and the spawn/reap/capture
+path driven through a fake runc (a shell script)."""
 import json
 import os
 import stat
@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from shim import bundle as bundle_files, errors, runc as runc_mod
+from shim import bundle as bundle_files, errors, runc as runc_mod, runc_errors, runc_sync
 from shim.loop import get_loop
 from shim.reaper import Reaper
 from shim.runc import Runc, RuncError
@@ -188,34 +188,34 @@ LOG = (b'{"level":"warning","msg":"a warning","time":"2023-01-01T00:00:00Z"}\n'
 
 
 def test_last_error_from_log():
-    assert runc_mod.last_error_from_log(LOG) == (
+    assert runc_errors.last_error_from_log(LOG) == (
         'runc create failed: unable to start container process: exec: "/bin/nope": '
         'stat /bin/nope: no such file or directory')
-    assert runc_mod.last_error_from_log(b"") is None
-    assert runc_mod.last_error_from_log(b'{"level":"info","msg":"x"}\n') is None
-    assert runc_mod.last_error_from_log(b'{"level":"error","msg":"trunc') is None
+    assert runc_errors.last_error_from_log(b"") is None
+    assert runc_errors.last_error_from_log(b'{"level":"info","msg":"x"}\n') is None
+    assert runc_errors.last_error_from_log(b'{"level":"error","msg":"trunc') is None
 
 
 def test_read_log_error_offset(tmp_path):
     p = tmp_path / "log.json"
     old = b'{"level":"error","msg":"old error"}\n'
     p.write_bytes(old)
-    assert runc_mod.read_log_error(str(p), 0) == "old error"
-    assert runc_mod.read_log_error(str(p), len(old)) is None
+    assert runc_errors.read_log_error(str(p), 0) == "old error"
+    assert runc_errors.read_log_error(str(p), len(old)) is None
     with open(p, "ab") as f:
         f.write(b'{"level":"error","msg":"new error"}\n')
-    assert runc_mod.read_log_error(str(p), len(old)) == "new error"
+    assert runc_errors.read_log_error(str(p), len(old)) == "new error"
     # A file that shrank (rotated/truncated) is read from the start.
     p.write_bytes(b'{"level":"error","msg":"fresh"}\n')
-    assert runc_mod.read_log_error(str(p), 10000) == "fresh"
-    assert runc_mod.read_log_error(str(tmp_path / "missing.json"), 0) is None
+    assert runc_errors.read_log_error(str(p), 10000) == "fresh"
+    assert runc_errors.read_log_error(str(tmp_path / "missing.json"), 0) is None
 
 
 def test_error_message_fallbacks():
-    assert runc_mod.error_message("from log", b"out", 1) == "from log"
-    assert runc_mod.error_message(None, b"  some output\n", 1) == "some output"
-    assert runc_mod.error_message(None, b"", 3) == "exit status 3"
-    assert runc_mod.error_message("", b"\n", 137) == "exit status 137"
+    assert runc_errors.error_message("from log", b"out", 1) == "from log"
+    assert runc_errors.error_message(None, b"  some output\n", 1) == "some output"
+    assert runc_errors.error_message(None, b"", 3) == "exit status 3"
+    assert runc_errors.error_message("", b"\n", 137) == "exit status 137"
 
 
 # ---- bundle files -------------------------------------------------------------
@@ -407,10 +407,10 @@ def test_missing_binary(tmp_path, reaper):
 
 def test_run_sync_and_delete_sync(fake):
     binary, b = fake
-    status, out = runc_mod.run_sync(["/bin/sh", "-c", "echo hi; echo err >&2; exit 4"])
+    status, out = runc_sync.run_sync(["/bin/sh", "-c", "echo hi; echo err >&2; exit 4"])
     assert (status, out) == (4, b"hi\nerr\n")
-    status, out = runc_mod.run_sync(["/bin/sh", "-c", "sleep 5"], timeout=0.2)
+    status, out = runc_sync.run_sync(["/bin/sh", "-c", "sleep 5"], timeout=0.2)
     assert status == 128 + 9
     r = Runc(namespace="n", binary=binary)
-    runc_mod.delete_sync(r, "c1", b)         # does not exist: fine
+    runc_sync.delete_sync(r, "c1", b)         # does not exist: fine
     assert open(b + "/calls").read() == "delete --force c1\n"
