@@ -319,7 +319,11 @@ def test_copy_into_pty_master_without_slave_ends_instead_of_spinning():
     os.close(slave)
     src_r, src_w = os.pipe()
     os.set_blocking(src_w, False)
-    os.write(src_w, b"y" * 60000)
+    # More than the tty layer ever buffers (64 KiB): with 60000 bytes the
+    # kernel's flip-buffer work could take them all under load, and the copy
+    # then rightly waited on src.
+    fcntl.fcntl(src_w, 1031, 1 << 20)           # F_SETPIPE_SZ
+    os.write(src_w, b"y" * (512 << 10))
     done = Future()
     loop.add_copy(src_r, master, done.set_result)
     t0 = time.process_time()
