@@ -54,7 +54,11 @@ def test_oom_event_before_exit(containerd, image, make_cid, runtime):
     out = events[0]
     topics = [line.split()[5] for line in out.splitlines()
               if cid in line and line.split()[5] in ("/tasks/oom", "/tasks/exit")]
-    assert topics and topics[0] == "/tasks/oom" and "/tasks/exit" in topics, out
+    assert "/tasks/oom" in topics and "/tasks/exit" in topics, out
+    if runtime != PY_RUNTIME and topics[0] != "/tasks/oom":
+        # The Go shim does not order them (seen on the v2 node, systemd driver)
+        pytest.skip("Go shim published %s" % " before ".join(topics))
+    assert topics[0] == "/tasks/oom", out
 
 
 def test_memory_limit_update_visible_in_cgroup(containerd, ctr_run, cid, runtime):
@@ -143,6 +147,10 @@ def test_stats_after_oom_exit_until_delete(containerd, ctr_run, cid, runtime):
 
     def oom_kill():
         r = containerd.ctr("task", "metrics", "--format", "json", cid, check=False)
+        if runtime != PY_RUNTIME and "no metrics received" in r.stderr:
+            # The Go shim reads the cgroup, which systemd removed with the
+            # exited task's scope (the systemd driver on cgroup v2).
+            pytest.skip("Go shim: no Stats once the scope is gone: %s" % r.stderr.strip())
         assert r.returncode == 0, r.stderr
         m = json.loads(r.stdout)
         if is_v2():     # v2.Metrics: memory.events' counters
