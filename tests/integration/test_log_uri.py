@@ -110,12 +110,20 @@ def test_file_uri_gets_both_streams(ctr_run, runtime, tmp_path):
         if data.count("\n") >= 5003 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
+    assert oct(os.stat(str(log)).st_mode & 0o777) == "0o644"
     # Both streams are appended in arrival order: check each stream's part.
     lines = data.splitlines()
-    assert [ln for ln in lines if ln in ("two", "three")] == ["two", "three"]
-    assert [ln for ln in lines if ln not in ("two", "three")] == \
-        ["one"] + [str(i) for i in range(1, 5001)]
-    assert oct(os.stat(str(log)).st_mode & 0o777) == "0o644"
+    err = [ln for ln in lines if ln in ("two", "three")]
+    out = [ln for ln in lines if ln not in ("two", "three")]
+    want_err, want_out = ["two", "three"], ["one"] + [str(i) for i in range(1, 5001)]
+    if runtime != PY_RUNTIME:
+        # The Go shim's copy can still be running when `ctr run --rm` deletes
+        # the task, and then loses the tail (seen under load: no "three"):
+        # what it wrote must be an exact prefix. pyshim must lose nothing.
+        assert err == want_err[:len(err)] and out == want_out[:len(out)], data[-200:]
+        return
+    assert err == want_err
+    assert out == want_out
 
 
 def test_binary_logger_gets_exact_output_env_and_fds(ctr_run, runtime, containerd, logger,
