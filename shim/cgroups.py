@@ -254,6 +254,13 @@ def oom_kills(cgroup):
     return _kv(text).get("oom_kill")
 
 
+def _parent_oom_kills(path):
+    """oom_kill of the parent v2 cgroup's memory.events (hierarchical: it
+    counts the kills of the whole subtree), or None."""
+    text = _read(os.path.dirname(path) + "/memory.events")
+    return None if text is None else _kv(text).get("oom_kill", 0)
+
+
 class OomWatch:
     """A running OOM watch (from watch_oom): calls on_oom() on the loop for
     each OOM notification. close() stops it (idempotent). v1: it also stops
@@ -276,7 +283,8 @@ class OomWatch:
     OOM is then reported before the exit it caused, even one whose wake-up
     is late or was missed.
     """
-    __slots__ = ("cgroup", "loop", "on_oom", "fd", "dir", "last", "base", "reported")
+    __slots__ = ("cgroup", "loop", "on_oom", "fd", "dir", "last", "base", "reported",
+                 "parent_base")
 
     def __init__(self, cgroup, loop, on_oom):
         self.cgroup = cgroup
@@ -294,6 +302,7 @@ class OomWatch:
             self._start_v1()
         # OOM kills before the watch (none for a new container) are not ours.
         self.base = self.last = oom_kills(cgroup) or 0
+        self.parent_base = _parent_oom_kills(self.dir) if cgroup.version == 2 else None
         loop.add_reader(self.fd, self.poll)
 
     @property
@@ -372,9 +381,23 @@ class OomWatch:
         n = oom_kills(self.cgroup)
         if n is None:
             n = max(self.last, self.base + (1 if self.reported else 0))
+            if n == self.base and self._parent_saw_a_kill():
+                n = self.base + 1
         if n > self.base and not self.reported:
             self._report()
         return n
+
+    def _parent_saw_a_kill(self):
+        """v2, the cgroup already removed (the systemd driver: systemd
+        removes the scope as soon as it is empty, which can beat both the
+        rate-limited inotify wake-up and this exit): the parent's
+        memory.events counts its subtree's kills, so a rise there since the
+        watch began is taken as ours (a sibling's kill in the same moment
+        is the only way to be wrong)."""
+        if self.parent_base is None:
+            return False
+        n = _parent_oom_kills(self.dir)
+        return n is not None and n > self.parent_base
 
     def close(self):
         fd, self.fd = self.fd, -1

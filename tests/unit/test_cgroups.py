@@ -667,3 +667,35 @@ def test_import_and_stats_load_nothing_heavy(tmp_path):
     assert set(after_stats) <= {"shim.cgroups", "shim.pb.cgroups1", "shim.pb.cgroups2",
                                 "shim.pb.wkt", "shim.cgroup_stats_v1",
                                 "shim.cgroup_stats_v2"}, after_stats
+
+
+def test_oom_watch_v2_at_exit_reads_the_parent_when_the_cgroup_is_gone(tmp_path):
+    # The systemd driver: the scope's cgroup is removed before the (rate-
+    # limited) inotify wake-up or the exit is handled. The parent's
+    # memory.events counts the subtree's kills: a rise there is the OOM.
+    root, proc = v2_tree(tmp_path)
+    cg = cgroups.find(PID, root=root, proc=proc)
+    parent = os.path.dirname(cg.path) + "/memory.events"
+    write(parent, "oom 0\noom_kill 4\n")
+    calls = []
+    h = cgroups.watch_oom(cg, loop, lambda: calls.append(1))
+    try:
+        assert h.parent_base == 4
+        write(parent, "oom 1\noom_kill 5\n")
+        os.unlink(cg.path + "/memory.events")
+        assert h.at_exit() == h.base + 1 and calls == [1]
+    finally:
+        h.close()
+
+
+def test_oom_watch_v2_at_exit_parent_without_a_kill_reports_nothing(tmp_path):
+    root, proc = v2_tree(tmp_path)
+    cg = cgroups.find(PID, root=root, proc=proc)
+    write(os.path.dirname(cg.path) + "/memory.events", "oom_kill 4\n")
+    calls = []
+    h = cgroups.watch_oom(cg, loop, lambda: calls.append(1))
+    try:
+        os.unlink(cg.path + "/memory.events")
+        assert h.at_exit() == h.base and calls == []
+    finally:
+        h.close()
