@@ -15,6 +15,7 @@ from shim.pb import ttrpc as pb_ttrpc
 from shim.pb import types
 from support.containerd import PY_RUNTIME, task_service
 from support.helpers import address_of, ctr_events
+from support.shimwire import raw, read_frame, status_of
 
 pytestmark = pytest.mark.integration
 
@@ -38,29 +39,6 @@ def running(containerd, ctr_run, cid, runtime):
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
-
-
-def raw(address):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(address[len("unix://"):])
-    return s
-
-
-def read_frame(s):
-    r = frame.FrameReader()
-    while True:
-        data = s.recv(65536)
-        if not data:
-            return None
-        frames = r.feed(data)
-        if frames:
-            return frames[0]
-
-
-def status_of(fr):
-    resp = pb_ttrpc.Response.decode(fr[3])
-    return (resp.status.code, resp.status.message) if resp.status else (0, "")
 
 
 def test_worked_example_byte_exact(containerd, runtime, running):
