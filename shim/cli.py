@@ -200,6 +200,8 @@ def run(argv, self_path=None, template=True):
 def main(argv=None, self_path=None):
     if argv is None:
         argv = sys.argv[1:]
+        from shim import launch
+        launch.take_invoked_name()
     code = run(argv, self_path)
     sys.exit(code)
 

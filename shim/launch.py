@@ -127,6 +127,22 @@ def _fork_serve(flags, sock, debug, env_add):
         os._exit(code)
 
 
+ARGV0_ENV = "PYSHIM_ARGV0"
+
+
+def take_invoked_name():
+    """The native launcher (_native/launcher.c) execs the Python one with
+    the name containerd ran it under in PYSHIM_ARGV0: make that our
+    argv[0] (invoked_as) and drop it from the environment; the serving
+    process then shows the environment without it (SHOW_ENVIRON)."""
+    global SHOW_ENVIRON
+    argv0 = os.environ.pop(ARGV0_ENV, None)
+    if argv0:
+        if sys.argv:
+            sys.argv[0] = argv0
+        SHOW_ENVIRON = True
+
+
 def invoked_as():
     """The shim binary's path as containerd ran it (the drop-in's
     .../containerd-shim-runc-v2, a symlink, stays that): the launcher hands
