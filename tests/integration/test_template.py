@@ -254,3 +254,17 @@ def test_containerd_restart(cd, own_template):
     assert r.stdout == "ok\n"
     c.ctr("task", "kill", "-s", "SIGKILL", "before")
     assert wait_status(c, "before", "STOPPED") == "STOPPED"
+
+
+def test_version_tells_whether_a_template_serves(own_template, pyshim_binary):
+    def version(**env):
+        r = subprocess.run([pyshim_binary, "-v"], capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, **env))
+        assert r.returncode == 0, r.stderr
+        return [line.split(":", 1)[1].strip() for line in r.stdout.splitlines()
+                if line.strip().startswith("Template:")][0]
+    assert version().startswith("serving (build ")
+    assert version(PYSHIM_TEMPLATE="0").startswith("disabled")
+    template.end(own_template.pid)
+    own_template.wait(10)
+    assert version().startswith("not running")
