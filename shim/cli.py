@@ -139,7 +139,7 @@ def do_serve(flags, argv=None, self_path=None):
     from shim import launch
     argv0 = launch.invoked_as()
     if argv0 and argv is not None:
-        launch.show_name([argv0] + list(argv))
+        launch.show_name([argv0] + list(argv), launch.shown_environ())
     from shim import serve
     serve.serve(flags, listen_fd)
     return 0

@@ -103,10 +103,7 @@ def _fork_serve(flags, sock, debug, env_add):
         os.environ.update(env_add)
         argv0 = invoked_as()
         if argv0:
-            environ = None
-            if SHOW_ENVIRON:
-                environ = ["%s=%s" % kv for kv in os.environ.items()]
-            show_name([argv0] + serve_flags(flags, debug), environ)
+            show_name([argv0] + serve_flags(flags, debug), shown_environ())
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         lfd = sock.detach()
@@ -141,6 +138,14 @@ def take_invoked_name():
         if sys.argv:
             sys.argv[0] = argv0
         SHOW_ENVIRON = True
+
+
+def shown_environ():
+    """The environment /proc/PID/environ should show (SHOW_ENVIRON), else
+    None (it shows what we were exec'd with, which is ours)."""
+    if not SHOW_ENVIRON:
+        return None
+    return ["%s=%s" % kv for kv in os.environ.items()]
 
 
 def invoked_as():

@@ -136,6 +136,7 @@ def test_started_from_the_template_as_without_it(cd, own_template):
     assert os.readlink("/proc/%d/cwd" % warm) == on.bundle("warm")
     cw, cc = _context(warm), _context(cold)
     assert cw["env"] ^ cc["env"] == {b"PYSHIM_TEMPLATE"}     # what turned it off
+    assert b"PYSHIM_ARGV0" not in cc["env"]      # the native launcher's note to Python
     cc["env"] = cw["env"]
     assert cw == cc
     assert _context(warm)["oom"] == str(int(_read("/proc/%d/oom_score_adj"
