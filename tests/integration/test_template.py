@@ -100,21 +100,33 @@ def own_template():
     p.wait(10)
 
 
+def _setenv(env):
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _start(c, env=None):
+    """Start containerd c with env applied to the environment it inherits:
+    the template on unless env says otherwise, whatever the suite runs with."""
+    env = env or {"PYSHIM_TEMPLATE": None}
+    old = {k: os.environ.get(k) for k in env}
+    _setenv(env)
+    try:
+        c.start()
+    finally:
+        _setenv(old)
+
+
 @pytest.fixture
 def cd(request):
     made = []
 
     def make(env=None):
-        old = {k: os.environ.get(k) for k in (env or {})}
-        os.environ.update(env or {})
-        try:
-            c = Containerd().start()
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        c = Containerd()
+        _start(c, env)
         made.append(c)
         c.image = c.import_image()
         return c
@@ -245,7 +257,7 @@ def test_containerd_restart(cd, own_template):
     _run_detached(c, "before")
     shim = _serving_shim(c, "before")
     c.stop()
-    c.start()
+    _start(c)
     assert wait_status(c, "before", "RUNNING") == "RUNNING"
     assert _serving_shim(c, "before") == shim
     assert own_template.poll() is None
@@ -259,8 +271,9 @@ def test_containerd_restart(cd, own_template):
 
 def test_version_tells_whether_a_template_serves(own_template, pyshim_binary):
     def version(**env):
+        environ = {k: v for k, v in os.environ.items() if k != "PYSHIM_TEMPLATE"}
         r = subprocess.run([pyshim_binary, "-v"], capture_output=True, text=True, timeout=30,
-                           env=dict(os.environ, **env))
+                           env=dict(environ, **env))
         assert r.returncode == 0, r.stderr
         return [line.split(":", 1)[1].strip() for line in r.stdout.splitlines()
                 if line.strip().startswith("Template:")][0]
