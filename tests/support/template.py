@@ -19,13 +19,16 @@ from shim import template_client
 NAME = b"pyshim-template"
 
 
-def socket_path():
+def socket_path(build_id=None):
+    if build_id:
+        return "%s/%s%s" % (template_client.SOCKET_DIR, template_client.SOCKET_PREFIX, build_id)
     return template_client.socket_path()
 
 
-def pids():
-    """PIDs of processes showing `pyshim-template <this build id>`."""
-    want = NAME + b"\0" + template_client.build_id().encode() + b"\0"
+def pids(build_id=None):
+    """PIDs of processes showing `pyshim-template <build id>` (default: the
+    installed build's)."""
+    want = NAME + b"\0" + (build_id or template_client.build_id()).encode() + b"\0"
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -74,7 +77,7 @@ def _gone(pid):
         return True
 
 
-def end(pid):
+def end(pid, build_id=None):
     """SIGKILL the template `pid` (one the tests started), wait until it is
     gone, and remove its socket if no live template is left on it."""
     try:
@@ -82,8 +85,9 @@ def end(pid):
     except ProcessLookupError:
         pass
     wait_for(lambda: _gone(pid), 10.0)
-    if not template_client.alive():
+    path = socket_path(build_id)
+    if not template_client.alive(path):
         try:
-            os.unlink(socket_path())
+            os.unlink(path)
         except OSError:
             pass
