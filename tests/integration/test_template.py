@@ -282,3 +282,27 @@ def test_version_tells_whether_a_template_serves(own_template, pyshim_binary):
     template.end(own_template.pid)
     own_template.wait(10)
     assert version().startswith("not running")
+
+
+def test_superseded_by_a_new_install(tmp_path, pyshim_binary):
+    """A template whose installed build changed under it (a new `pip
+    install`) exits by itself once idle (checked every CHECK_SECONDS) and
+    removes its socket; the next start spawns the new build's."""
+    import shutil
+    from shim import template as template_mod
+    for pid in template.pids():
+        template.end(pid)
+    assert not template.pids(), "a template not started by the tests serves this build"
+    pkg = tmp_path / "site"
+    shutil.copytree(os.path.dirname(template_mod.__file__), str(pkg / "shim"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    p = template.start(pkg=str(pkg))
+    try:
+        assert template.pids() == [p.pid]
+        (pkg / "shim" / "_build.py").write_text("BUILD_ID = 'a-newer-build'\n")
+        p.wait(template_mod.CHECK_SECONDS + 10)
+        assert not os.path.exists(template.socket_path())
+    finally:
+        if p.poll() is None:
+            template.end(p.pid)
+            p.wait(10)

@@ -52,10 +52,11 @@ def wait_for(cond, timeout=15.0):
     return cond()
 
 
-def start(preexec=None):
+def start(preexec=None, pkg=None):
     """Start a template as the tests' own child (its own session); returns
-    the Popen once it listens (its pid is the template's)."""
-    pkg = os.path.dirname(os.path.dirname(template_client.__file__))
+    the Popen once it listens (its pid is the template's). pkg: the dir
+    holding the `shim` package it runs (default: the installed one)."""
+    pkg = pkg or os.path.dirname(os.path.dirname(template_client.__file__))
     code = ("import sys; sys.path.append(%r); from shim.template import main; main()" % pkg)
     p = subprocess.Popen([sys.executable, "-I", "-S", "-c", code], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
