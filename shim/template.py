@@ -221,6 +221,7 @@ def serve_request(conn, peer):
     try:
         fds, payload = _recv_request(conn)
         ppid, cwd, argv, env = client.decode_request(payload)
+        _show_as_start(argv)
         take_context(peer)
         os.chdir(cwd)
     except Exception:
@@ -248,6 +249,17 @@ def serve_request(conn, peer):
     except OSError:
         pass
     return code
+
+
+def _show_as_start(argv):
+    """This process is the caller's `start` now: ps shows it so (as the
+    caller shows itself), not as one more template."""
+    from shim import _native
+    try:
+        _native.set_comm(os.path.basename(argv[0])[:15])
+        _native.set_cmdline_buffer(argv)
+    except OSError:
+        pass
 
 
 # ---- the caller's process context -------------------------------------------------
