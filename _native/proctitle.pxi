@@ -31,6 +31,7 @@ cdef struct prctl_mm_map:
 # The buffer /proc/self/cmdline shows after set_cmdline_buffer(): the
 # kernel reads it from our memory on every read, so it is never freed.
 cdef char *_cmdline_buf = NULL
+cdef char *_environ_buf = NULL
 
 
 def set_comm(name):
@@ -41,7 +42,7 @@ def set_comm(name):
         raise OSError(errno, "prctl(PR_SET_NAME)")
 
 
-def set_cmdline_buffer(args):
+def set_cmdline_buffer(args, environ=None):
     """Point the kernel's argv area at a new buffer holding args, each NUL
     terminated: /proc/self/cmdline then reads exactly args, of any length.
 
@@ -50,10 +51,20 @@ def set_cmdline_buffer(args):
     PR_SET_MM_ARG_START/ARG_END, which need CAP_SYS_RESOURCE, it needs no
     capability while /proc/self/exe is kept, and moves both ends in one
     checked step. OSError when the kernel refuses (built without
-    CONFIG_CHECKPOINT_RESTORE: EINVAL), nothing changed then."""
-    global _cmdline_buf
+    CONFIG_CHECKPOINT_RESTORE: EINVAL), nothing changed then.
+
+    environ: a list of "KEY=VALUE" entries /proc/self/environ then shows
+    (a process forked from the template process, whose own environment is
+    not the one it serves with), in the same step; None: unchanged."""
+    global _cmdline_buf, _environ_buf
     cdef bytes data = b"\0".join(_b(a) for a in args) + b"\0"
     cdef size_t n = len(data)
+    cdef bytes edata = b""
+    cdef size_t en = 0
+    cdef char *ebuf = NULL
+    if environ is not None:
+        edata = b"".join(_b(e) + b"\0" for e in environ) or b"\0"
+        en = len(edata)
     cdef prctl_mm_map m
     with open("/proc/self/stat", "rb") as f:
         stat = f.read()
@@ -78,11 +89,23 @@ def set_cmdline_buffer(args):
     memcpy(buf, <const char *>data, n)
     m.arg_start = <uint64_t>buf
     m.arg_end = m.arg_start + n
+    if en:
+        ebuf = <char *>malloc(en)
+        if ebuf == NULL:
+            free(buf)
+            raise MemoryError()
+        memcpy(ebuf, <const char *>edata, en)
+        m.env_start = <uint64_t>ebuf
+        m.env_end = m.env_start + en
     # No allocation from here on: the heap end given must be the current one.
     m.brk = <uint64_t>syscall(SYS_brk, 0)
     if prctl(PR_SET_MM, PR_SET_MM_MAP, <unsigned long>&m, sizeof(m), 0) != 0:
         e = errno
         free(buf)
+        if ebuf != NULL:
+            free(ebuf)
         raise OSError(e, "prctl(PR_SET_MM_MAP)")
     _cmdline_buf = buf      # a previous buffer stays allocated: small, and safe
+    if ebuf != NULL:
+        _environ_buf = ebuf
     return True

@@ -139,15 +139,28 @@ def do_serve(flags, argv=None, self_path=None):
     from shim import launch
     argv0 = launch.invoked_as()
     if argv0 and argv is not None:
-        launch.show_name([argv0] + list(argv))
+        launch.show_name([argv0] + list(argv), launch.shown_environ())
     from shim import serve
     serve.serve(flags, listen_fd)
     return 0
 
 
-def run(argv, self_path=None):
+def _start_in_template(argv):
+    """Exit status of this `start` run by the template process, or None
+    (disabled, none there: one is started for next time, or refused)."""
+    from shim import template_client
+    if not sys.flags.no_site or not template_client.enabled():
+        return None
+    code = template_client.ask([sys.argv[0] if sys.argv else ""] + list(argv))
+    if code is None and not template_client.alive():
+        template_client.spawn()
+    return code
+
+
+def run(argv, self_path=None, template=True):
     """Run the command line argv (without the program name); returns the
-    exit status."""
+    exit status. template=False: a `start` runs here, not in the template
+    process (shim/template.py), which calls this so."""
     try:
         flags = parse_flags(argv)
     except FlagError as e:
@@ -165,6 +178,10 @@ def run(argv, self_path=None):
         if not flags.namespace:
             raise RuntimeError("shim namespace cannot be empty")
         if flags.action == "start":
+            if template:
+                code = _start_in_template(argv)
+                if code is not None:
+                    return code
             return manager.do_start(flags, self_path)
         if flags.action == "delete":
             return manager.do_delete(flags)
@@ -183,6 +200,8 @@ def run(argv, self_path=None):
 def main(argv=None, self_path=None):
     if argv is None:
         argv = sys.argv[1:]
+        from shim import launch
+        launch.take_invoked_name()
     code = run(argv, self_path)
     sys.exit(code)
 

@@ -18,6 +18,13 @@ EPERM = 1
 SIGTERM = 15
 SIGINT = 2
 SIGUSR1 = 10
+# The pid whose oom_score_adj the serving process's is one above: our
+# parent (containerd), or, in the template process (shim/template.py), the
+# parent of the `start` it runs for.
+OOM_PARENT = None
+# Set in the template process: the serving process's environment is not
+# the one it was exec'd with, so /proc/PID/environ is pointed at it too.
+SHOW_ENVIRON = False
 
 
 def serve_flags(flags, debug):
@@ -93,16 +100,19 @@ def _fork_serve(flags, sock, debug, env_add):
         # SIGUSR1 (state dump) likewise: its default action would kill us.
         _signal.pthread_sigmask(_signal.SIG_BLOCK, {SIGTERM, SIGINT, SIGUSR1})
         os.setsid()
+        os.environ.update(env_add)
         argv0 = invoked_as()
         if argv0:
-            show_name([argv0] + serve_flags(flags, debug))
+            show_name([argv0] + serve_flags(flags, debug), shown_environ())
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         lfd = sock.detach()
         os.set_inheritable(lfd, False)
         os.closerange(3, lfd)
         os.closerange(lfd + 1, 1 << 16)     # ready_w too: the parent goes on
-        os.environ.update(env_add)
+        loop = sys.modules.get("shim.loop")
+        if loop is not None:
+            loop.renew()    # forked from the template: its epoll fd is closed now
         flags.debug = debug
         flags.action = ""
         from shim import serve
@@ -114,6 +124,30 @@ def _fork_serve(flags, sock, debug, env_add):
         os._exit(code)
 
 
+ARGV0_ENV = "PYSHIM_ARGV0"
+
+
+def take_invoked_name():
+    """The native launcher (_native/launcher.c) execs the Python one with
+    the name containerd ran it under in PYSHIM_ARGV0: make that our
+    argv[0] (invoked_as) and drop it from the environment; the serving
+    process then shows the environment without it (SHOW_ENVIRON)."""
+    global SHOW_ENVIRON
+    argv0 = os.environ.pop(ARGV0_ENV, None)
+    if argv0:
+        if sys.argv:
+            sys.argv[0] = argv0
+        SHOW_ENVIRON = True
+
+
+def shown_environ():
+    """The environment /proc/PID/environ should show (SHOW_ENVIRON), else
+    None (it shows what we were exec'd with, which is ours)."""
+    if not SHOW_ENVIRON:
+        return None
+    return ["%s=%s" % kv for kv in os.environ.items()]
+
+
 def invoked_as():
     """The shim binary's path as containerd ran it (the drop-in's
     .../containerd-shim-runc-v2, a symlink, stays that): the launcher hands
@@ -123,7 +157,7 @@ def invoked_as():
     return "" if not a or a in ("-c", "-m") else a
 
 
-def show_name(argv):
+def show_name(argv, environ=None):
     """Show this serving process to process tools (ps, pgrep, pidof,
     monitoring agents that count shims by name) as the Go shim it stands
     in for shows: /proc/PID/cmdline = argv (argv[0]: the binary as
@@ -146,7 +180,7 @@ def show_name(argv):
     except OSError:
         pass
     try:
-        _native.set_cmdline_buffer(argv)
+        _native.set_cmdline_buffer(argv, environ)
     except OSError:
         if not _native.set_cmdline(argv) and "-debug" in argv:
             _native.set_cmdline([a for a in argv if a != "-debug"])
@@ -217,7 +251,7 @@ def adjust_oom_score(pid, parent=None):
     """oom_score_adj of pid = parent's + 1 (max 1000). A refused write
     (EACCES/EPERM: we may not lower it) is ignored."""
     if parent is None:
-        parent = os.getppid()
+        parent = OOM_PARENT or os.getppid()
     p = "/proc/%d/oom_score_adj" % parent
     try:
         with open(p, "rb") as f:

@@ -247,6 +247,16 @@ def _noop():
 
 
 _loop = Loop()
+_stale = []
+
+
+def renew():
+    """A new loop for a process forked from one that had imported this
+    module (the template process) and then closed its fds: the old loop's
+    epoll fd is gone (and never closed again: it is kept, unused)."""
+    global _loop
+    _stale.append(_loop)
+    _loop = Loop()
 
 
 def get_loop():

@@ -32,7 +32,21 @@ SIGKILL = 9
 
 def version_text():
     return ("%s:\n  Runtime:  %s\n  Version:  %s\n  Revision: %s\n  Python:   %d.%d.%d\n"
-            % (BINARY, RUNTIME, VERSION, REVISION or "-", *sys.version_info[:3]))
+            "  Template: %s\n"
+            % (BINARY, RUNTIME, VERSION, REVISION or "-", *sys.version_info[:3],
+               template_status()))
+
+
+def template_status():
+    """Whether a template process (shim/template.py) serves this build's starts."""
+    from shim import template_client
+    if not template_client.build_id():
+        return "none (not an installed build)"
+    if not template_client.enabled():
+        return "disabled (%s)" % template_client.ENV
+    if template_client.alive():
+        return "serving (build %s)" % template_client.build_id()
+    return "not running (build %s; the next start starts it)" % template_client.build_id()
 
 
 def _read_all_stdin():

@@ -106,6 +106,22 @@ def _finish(c):
                     % (c.namespace, "\n  ".join(problems)), pytrace=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _end_templates():
+    """Templates (shim/template.py) that this session's starts spawned are
+    ended (by PID) at its end, and their socket removed; one that was
+    running before the session is left alone."""
+    try:
+        from support import template
+        before = set(template.pids())
+    except Exception:   # no installed build (unit tests of a source tree)
+        yield
+        return
+    yield
+    for pid in set(template.pids()) - before:
+        template.end(pid)
+
+
 @pytest.fixture(scope="session")
 def containerd():
     c = _new_containerd()

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from support import template
 from support.containerd import PY_RUNTIME, Containerd
 from support.helpers import wait_status
 
@@ -39,6 +40,10 @@ def test_wheel_installs_without_compiler_and_runs_a_container(wheel, tmp_path):
     # The compiled extension and the generated message code are in the wheel.
     assert any(n.startswith("shim/_native") and n.endswith(".so") for n in names), names
     assert "shim/pb/task.py" in names, names
+    # The native launcher, compiled at build time, and the Python one.
+    scripts = {n.rsplit("/", 1)[1]: n for n in names if "/scripts/" in n}
+    assert set(scripts) >= {"containerd-shim-pyshim-v1", "pyshim-launcher"}, names
+    assert zipfile.ZipFile(wheel).read(scripts["containerd-shim-pyshim-v1"])[:4] == b"\x7fELF"
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
@@ -74,5 +79,20 @@ def test_wheel_installs_without_compiler_and_runs_a_container(wheel, tmp_path):
             assert native and all(m.startswith(str(venv)) for m in native), native
     finally:
         problems = c.cleanup()
+        # The template process this install's starts spawned (its build is
+        # the wheel's, not the suite's): ended here, by PID.
+        build = _build_id(venv)
+        for pid in (template.pids(build) if build else ()):
+            template.end(pid, build)
     assert not problems, problems
     shutil.rmtree(venv, ignore_errors=True)
+
+
+def _build_id(venv):
+    import glob
+    for path in glob.glob(str(venv / "lib" / "python*" / "site-packages" / "shim" / "_build.py")):
+        with open(path) as f:
+            for line in f:
+                if line.startswith("BUILD_ID = "):
+                    return line.split("=", 1)[1].strip().strip("'\"")
+    return ""

@@ -1,0 +1,308 @@
+"""The template process (issue 12, shim/template.py): `start` forks the
+serving shim from a resident, already-imported process. Shown through ctr
+on a private containerd: with the template serving (the serving shim is
+what a start without it makes), killed mid-run, disabled, refused to a
+non-root caller, 20 concurrent starts of one group, containerd restarted.
+
+A serving shim forked from the template is told by the `resource`
+extension mapped in it: the template loads it (to copy the caller's
+rlimits), a start without the template never does."""
+import os
+import resource
+import subprocess
+import threading
+
+import pytest
+
+from support import template
+from support.containerd import PY_RUNTIME, Containerd
+from support.helpers import wait_status
+
+pytestmark = pytest.mark.integration
+
+
+def _serving_shim(c, id):
+    shims = [p for p, a in c.shims(id=id) if a[-1] not in ("start", "delete")]
+    assert len(shims) == 1, c.shims()
+    return shims[0]
+
+
+def _from_template(pid):
+    with open("/proc/%d/maps" % pid) as f:
+        return "/resource.cpython" in f.read()
+
+
+def _ppid(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _ancestors(pid):
+    out = []
+    while pid > 1:
+        pid = _ppid(pid)
+        out.append(pid)
+    return out
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _context(pid):
+    """What a serving shim inherits from its start: cgroups, OOM score,
+    limits, nice value, umask, cwd, environment names."""
+    status = dict(line.split(":", 1) for line in _read("/proc/%d/status" % pid).splitlines())
+    with open("/proc/%d/environ" % pid, "rb") as f:
+        env = {e.split(b"=", 1)[0] for e in f.read().split(b"\0") if e}
+    return {"cgroup": _read("/proc/%d/cgroup" % pid),
+            "oom": _read("/proc/%d/oom_score_adj" % pid).strip(),
+            "limits": _read("/proc/%d/limits" % pid),
+            "nice": _read("/proc/%d/stat" % pid).rsplit(")", 1)[1].split()[16],
+            "umask": status.get("Umask", "").strip(),
+            "env": env}
+
+
+def _run_detached(c, id, *extra):
+    c.ctr("run", "-d", "--runtime", PY_RUNTIME, *extra, c.image, id, "sleep", "600")
+    assert wait_status(c, id, "RUNNING") == "RUNNING"
+
+
+def _output(c, id, text):
+    r = c.ctr("run", "--rm", "--runtime", PY_RUNTIME, c.image, id, "echo", text)
+    return r.stdout
+
+
+@pytest.fixture
+def own_template():
+    """A template started by this test, in a process context unlike
+    containerd's (OOM score, nice value, umask, open-files limit): a
+    serving shim must take none of it. Ended (by PID) afterwards."""
+    if template.pids():
+        for pid in template.pids():
+            template.end(pid)       # spawned by this session's earlier starts
+    assert not template.pids(), "a template not started by the tests serves this build"
+
+    def unlike_containerd():
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("567")
+        os.nice(7)
+        os.umask(0o077)
+        # The soft limit only: raising a hard one takes CAP_SYS_RESOURCE,
+        # which a sandboxed root may lack (the template then refuses).
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (333, hard))
+
+    p = template.start(unlike_containerd)
+    yield p
+    template.end(p.pid)
+    p.wait(10)
+
+
+def _setenv(env):
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _start(c, env=None):
+    """Start containerd c with env applied to the environment it inherits:
+    the template on unless env says otherwise, whatever the suite runs with."""
+    env = env or {"PYSHIM_TEMPLATE": None}
+    old = {k: os.environ.get(k) for k in env}
+    _setenv(env)
+    try:
+        c.start()
+    finally:
+        _setenv(old)
+
+
+@pytest.fixture
+def cd(request):
+    made = []
+
+    def make(env=None):
+        c = Containerd()
+        _start(c, env)
+        made.append(c)
+        c.image = c.import_image()
+        return c
+    yield make
+    problems = []
+    for c in made:
+        problems += c.cleanup()
+    assert not problems, problems
+
+
+def test_started_from_the_template_as_without_it(cd, own_template):
+    on = cd()
+    off = cd({"PYSHIM_TEMPLATE": "0"})
+    _run_detached(on, "warm")
+    _run_detached(off, "cold")
+    warm, cold = _serving_shim(on, "warm"), _serving_shim(off, "cold")
+    assert _from_template(warm) and not _from_template(cold)
+    assert own_template.pid not in _ancestors(warm)
+    assert os.readlink("/proc/%d/cwd" % warm) == on.bundle("warm")
+    cw, cc = _context(warm), _context(cold)
+    assert cw["env"] ^ cc["env"] == {b"PYSHIM_TEMPLATE"}     # what turned it off
+    assert b"PYSHIM_ARGV0" not in cc["env"]      # the native launcher's note to Python
+    cc["env"] = cw["env"]
+    assert cw == cc
+    assert _context(warm)["oom"] == str(int(_read("/proc/%d/oom_score_adj"
+                                                  % on.proc.pid)) + 1)
+    assert _output(on, "warm-echo", "hello") == "hello\n"
+    assert own_template.poll() is None
+    assert template.pids() == [own_template.pid]
+
+
+def test_first_start_spawns_it_killed_mid_run(cd):
+    for pid in template.pids():
+        template.end(pid)
+    c = cd()
+    _run_detached(c, "first")               # no template: starts it, runs here
+    assert not _from_template(_serving_shim(c, "first"))
+    pids = template.wait_for(template.pids)
+    assert len(pids) == 1, pids
+    assert template.wait_for(lambda: _ppid(pids[0]) != c.proc.pid and
+                             pids[0] not in _ancestors(os.getpid()))
+    _run_detached(c, "second")
+    second = _serving_shim(c, "second")
+    assert _from_template(second)
+    template.end(pids[0])                   # killed mid-run
+    r = c.ctr("task", "exec", "--exec-id", "e1", "second", "echo", "still")
+    assert r.stdout == "still\n"
+    assert _output(c, "after-kill", "works") == "works\n"
+    pids = template.wait_for(template.pids)     # the start after the kill spawned one
+    assert len(pids) == 1
+    _run_detached(c, "third")
+    assert _from_template(_serving_shim(c, "third"))
+    template.end(pids[0])
+
+
+def test_disabled(cd):
+    for pid in template.pids():
+        template.end(pid)
+    c = cd({"PYSHIM_TEMPLATE": "0"})
+    _run_detached(c, "cold")
+    assert _output(c, "cold-echo", "plain") == "plain\n"
+    assert not _from_template(_serving_shim(c, "cold"))
+    assert template.pids() == []
+    assert not os.path.exists(template.socket_path())
+
+
+def test_refused_to_non_root(own_template, tmp_path):
+    path = template.socket_path()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+    # Past the modes (a link in an open dir, the socket made 0666 for the
+    # test): SO_PEERCRED still refuses uid 65534.
+    d = "/run/pyshim-test-template-%d" % os.getpid()
+    os.mkdir(d, 0o755)
+    link = d + "/t"
+    try:
+        os.link(path, link)
+        os.chmod(link, 0o666)
+        probe = ("import sys, os, _socket; sys.path.append(%r); "
+                 "from shim import template_client as t; os.setgid(65534); os.setuid(65534); "
+                 "s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM); s.connect(%r); "
+                 "print('connected'); print(t.ask(['x', 'start'], %r))"
+                 % (os.path.dirname(os.path.dirname(template.template_client.__file__)),
+                    link, link))
+        r = subprocess.run([os.sys.executable, "-I", "-S", "-c", probe], capture_output=True,
+                           text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert (r.returncode, r.stdout) == (0, "connected\nNone\n"), r.stderr
+    finally:
+        os.chmod(path, 0o600)
+        for p in (link, d):
+            try:
+                (os.unlink if p == link else os.rmdir)(p)
+            except OSError:
+                pass
+    assert own_template.poll() is None
+
+
+def test_concurrent_starts_of_one_group(cd, own_template):
+    c = cd()
+    ids = ["g%02d" % i for i in range(20)]
+    errors = []
+
+    def run(id):
+        r = c.ctr("run", "-d", "--runtime", PY_RUNTIME, "--annotation",
+                  "io.containerd.runc.v2.group=grp", c.image, id, "sleep", "600", check=False)
+        if r.returncode:
+            errors.append((id, r.stderr))
+    threads = [threading.Thread(target=run, args=(id,)) for id in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    for id in ids:
+        assert wait_status(c, id, "RUNNING") == "RUNNING"
+    serving = {p for p, a in c.shims() if a[-1] not in ("start", "delete")}
+    assert len(serving) == 1, c.shims()
+    assert _from_template(serving.pop())
+    with open(os.path.join(c.bundle(ids[0]), "address")) as f:
+        address = f.read()
+    for id in ids[1:]:
+        with open(os.path.join(c.bundle(id), "address")) as f:
+            assert f.read() == address
+
+
+def test_containerd_restart(cd, own_template):
+    c = cd()
+    _run_detached(c, "before")
+    shim = _serving_shim(c, "before")
+    c.stop()
+    _start(c)
+    assert wait_status(c, "before", "RUNNING") == "RUNNING"
+    assert _serving_shim(c, "before") == shim
+    assert own_template.poll() is None
+    _run_detached(c, "after")
+    assert _from_template(_serving_shim(c, "after"))
+    r = c.ctr("task", "exec", "--exec-id", "e", "before", "echo", "ok")
+    assert r.stdout == "ok\n"
+    c.ctr("task", "kill", "-s", "SIGKILL", "before")
+    assert wait_status(c, "before", "STOPPED") == "STOPPED"
+
+
+def test_version_tells_whether_a_template_serves(own_template, pyshim_binary):
+    def version(**env):
+        environ = {k: v for k, v in os.environ.items() if k != "PYSHIM_TEMPLATE"}
+        r = subprocess.run([pyshim_binary, "-v"], capture_output=True, text=True, timeout=30,
+                           env=dict(environ, **env))
+        assert r.returncode == 0, r.stderr
+        return [line.split(":", 1)[1].strip() for line in r.stdout.splitlines()
+                if line.strip().startswith("Template:")][0]
+    assert version().startswith("serving (build ")
+    assert version(PYSHIM_TEMPLATE="0").startswith("disabled")
+    template.end(own_template.pid)
+    own_template.wait(10)
+    assert version().startswith("not running")
+
+
+def test_superseded_by_a_new_install(tmp_path, pyshim_binary):
+    """A template whose installed build changed under it (a new `pip
+    install`) exits by itself once idle (checked every CHECK_SECONDS) and
+    removes its socket; the next start spawns the new build's."""
+    import shutil
+    from shim import template as template_mod
+    for pid in template.pids():
+        template.end(pid)
+    assert not template.pids(), "a template not started by the tests serves this build"
+    pkg = tmp_path / "site"
+    shutil.copytree(os.path.dirname(template_mod.__file__), str(pkg / "shim"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    p = template.start(pkg=str(pkg))
+    try:
+        assert template.pids() == [p.pid]
+        (pkg / "shim" / "_build.py").write_text("BUILD_ID = 'a-newer-build'\n")
+        p.wait(template_mod.CHECK_SECONDS + 10)
+        assert not os.path.exists(template.socket_path())
+    finally:
+        if p.poll() is None:
+            template.end(p.pid)
+            p.wait(10)
