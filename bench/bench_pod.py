@@ -48,6 +48,41 @@ def _rss_anon(pid):
     return 0
 
 
+def run_pod(c, key, handler, i, settle=SETTLE):
+    """One pod (sandbox + 3 `sleep` containers) through CRI on Containerd c
+    (CRI mode); returns {"start": s, "pss": KiB, "anon": KiB, "procs": n}
+    measured `settle` s after the last StartContainer; the pod is removed."""
+    pb = c.cri.pb
+    name = "bench-%s-%d" % (key, i)
+    config = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, uid="uid-" + name, namespace="bench"),
+        linux=pb.LinuxPodSandboxConfig(
+            cgroup_parent=c.cgroup_parent(name),
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(network=2))))   # NODE
+    t0 = time.perf_counter()
+    pod = c.cri.run_pod_sandbox(config, runtime_handler=handler)
+    try:
+        for n in range(3):
+            cc = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c%d" % n),
+                                    image=pb.ImageSpec(image=IMAGE),
+                                    command=["sleep", "3600"])
+            cid = c.cri.create_container(pod, cc, config)
+            c.cri.start_container(cid)
+        dt = time.perf_counter() - t0
+        time.sleep(settle)
+        pids = [p for p, a in c.shims(CRI_NAMESPACE) if a[-1] not in memory.ACTIONS]
+        tot = memory.measure(pids)
+        anon = sum(_rss_anon(p) for p in pids)
+    finally:
+        c.cri.stop_pod_sandbox(pod)
+        c.cri.remove_pod_sandbox(pod)
+    deadline = time.monotonic() + 10
+    while c.shims(CRI_NAMESPACE) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"start": dt, "pss": tot["pss"], "anon": anon, "procs": tot["procs"]}
+
+
 @pytest.fixture(scope="module")
 def cri_containerd(bench_results):
     try:
@@ -69,35 +104,7 @@ def pod_samples(cri_containerd):
     c = cri_containerd
 
     def one_pod(key, handler, i):
-        pb = c.cri.pb
-        name = "bench-%s-%d" % (key, i)
-        config = pb.PodSandboxConfig(
-            metadata=pb.PodSandboxMetadata(name=name, uid="uid-" + name, namespace="bench"),
-            linux=pb.LinuxPodSandboxConfig(
-                cgroup_parent=c.cgroup_parent(name),
-                security_context=pb.LinuxSandboxSecurityContext(
-                    namespace_options=pb.NamespaceOption(network=2))))   # NODE
-        t0 = time.perf_counter()
-        pod = c.cri.run_pod_sandbox(config, runtime_handler=handler)
-        try:
-            for n in range(3):
-                cc = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c%d" % n),
-                                        image=pb.ImageSpec(image=IMAGE),
-                                        command=["sleep", "3600"])
-                cid = c.cri.create_container(pod, cc, config)
-                c.cri.start_container(cid)
-            dt = time.perf_counter() - t0
-            time.sleep(SETTLE)
-            pids = [p for p, a in c.shims(CRI_NAMESPACE) if a[-1] not in memory.ACTIONS]
-            tot = memory.measure(pids)
-            anon = sum(_rss_anon(p) for p in pids)
-        finally:
-            c.cri.stop_pod_sandbox(pod)
-            c.cri.remove_pod_sandbox(pod)
-        deadline = time.monotonic() + 10
-        while c.shims(CRI_NAMESPACE) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return {"start": dt, "pss": tot["pss"], "anon": anon, "procs": tot["procs"]}
+        return run_pod(c, key, handler, i)
 
     one_pod("go", CRI_GO_HANDLER, 999)     # warm up (page cache, snapshots)
     one_pod("py", CRI_PY_HANDLER, 999)
