@@ -25,6 +25,8 @@ OOM_PARENT = None
 # Set in the template process: the serving process's environment is not
 # the one it was exec'd with, so /proc/PID/environ is pointed at it too.
 SHOW_ENVIRON = False
+# Set in the template process: this `start` is a fork of the template.
+IN_TEMPLATE = False
 
 
 def serve_flags(flags, debug):
@@ -36,13 +38,20 @@ def serve_flags(flags, debug):
     return argv
 
 
-def serve_process(flags, sock, bundle, debug, env_add, self_path=None):
+def serve_process(flags, sock, bundle, debug, env_add, self_path=None, fresh=False):
     """Start the process that serves on the listening socket `sock` in
     `bundle` (cwd) with env_add added to our environment; returns its pid.
-    The caller still owns (and closes) sock."""
-    if sys.flags.no_site:
+    The caller still owns (and closes) sock. fresh: a new interpreter even
+    where a fork would do (the template is turned off for this runtime)."""
+    if sys.flags.no_site and not fresh:
         # The installed launcher (python -I -S): fork, no second start-up.
         return _fork_serve(flags, sock, debug, env_add)
+    if IN_TEMPLATE:
+        # sys.argv[0] is the native launcher: run the Python one beside it,
+        # showing the name containerd used (take_invoked_name).
+        env_add = dict(env_add, **{ARGV0_ENV: invoked_as()})
+        self_path = os.path.join(os.path.dirname(os.path.realpath(invoked_as())),
+                                 PYTHON_LAUNCHER)
     exe, argv = _self_argv(self_path)
     argv = argv + serve_flags(flags, debug)
     environ = dict(os.environ)
@@ -125,6 +134,8 @@ def _fork_serve(flags, sock, debug, env_add):
 
 
 ARGV0_ENV = "PYSHIM_ARGV0"
+# The Python launcher, installed beside the native one (setup.py).
+PYTHON_LAUNCHER = "pyshim-launcher"
 
 
 def take_invoked_name():

@@ -196,7 +196,9 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
             env_add["TTRPC_ADDRESS"] = bp.containerd_ttrpc_address
         if os.environ.get("SCHED_CORE"):
             launch.sched_core()
-        pid = launch.serve_process(flags, sock, bundle, debug, env_add, self_path)
+        # PyshimTemplate = false: a fresh interpreter, not a template fork.
+        fresh = launch.IN_TEMPLATE and opts.get("template") is False
+        pid = launch.serve_process(flags, sock, bundle, debug, env_add, self_path, fresh)
         if opts.get("shim_cgroup"):
             launch.join_cgroup(pid, opts["shim_cgroup"])
         launch.adjust_oom_score(pid)

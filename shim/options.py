@@ -31,6 +31,9 @@ _TOML_KEYS = {
     "BinaryName": "binary_name", "Root": "root", "CriuPath": "criu_path",
     "SystemdCgroup": "systemd_cgroup", "CriuImagePath": "criu_image_path",
     "CriuWorkPath": "criu_work_path",
+    # pyshim's own: false = this runtime's serving shims are fresh
+    # interpreters, never forks of the template process (shim/template.py)
+    "PyshimTemplate": "template",
 }
 
 
@@ -212,7 +215,8 @@ def from_toml(path, body=b""):
         name = _TOML_KEYS.get(key, key if key in FIELDS else None)
         if name is None:
             continue           # other runtimes' keys: not ours to judge
-        want = bool if name in ("no_pivot_root", "no_new_keyring", "systemd_cgroup") \
+        want = bool if name in ("no_pivot_root", "no_new_keyring", "systemd_cgroup",
+                                "template") \
             else int if name in ("io_uid", "io_gid") else str
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise OptionsError("runtime options config %s: %s must be %s"

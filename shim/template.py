@@ -237,6 +237,7 @@ def serve_request(conn, peer):
     from shim import launch
     launch.OOM_PARENT = ppid
     launch.SHOW_ENVIRON = True
+    launch.IN_TEMPLATE = True
     try:
         conn.sendall(b"A")
     except OSError:

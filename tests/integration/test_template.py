@@ -193,6 +193,29 @@ def test_disabled(cd):
     assert not os.path.exists(template.socket_path())
 
 
+def test_turned_off_by_the_runtime_options(cd, own_template, tmp_path):
+    """`PyshimTemplate = false` in the runtime options TOML (CRI's
+    ConfigPath, ctr's --runtime-config-path): that runtime's serving shims
+    are fresh interpreters, shown and working as any other."""
+    c = cd()
+    opts = tmp_path / "pyshim-options.toml"
+    opts.write_text("PyshimTemplate = false\n")
+    _run_detached(c, "fresh", "--runtime-config-path", str(opts))
+    fresh = _serving_shim(c, "fresh")
+    assert not _from_template(fresh)
+    with open("/proc/%d/cmdline" % fresh, "rb") as f:
+        argv = f.read().split(b"\0")
+    assert os.path.basename(argv[0]) == b"containerd-shim-pyshim-v1", argv
+    assert argv[1:7] == [b"-namespace", c.namespace.encode(), b"-id", b"fresh",
+                         b"-address", c.address.encode()], argv
+    assert b"PYSHIM_ARGV0" not in _context(fresh)["env"]
+    r = c.ctr("task", "exec", "--exec-id", "e1", "fresh", "echo", "from-fresh")
+    assert r.stdout == "from-fresh\n"
+    _run_detached(c, "forked")          # no such key: the template's fork
+    assert _from_template(_serving_shim(c, "forked"))
+    assert own_template.poll() is None
+
+
 def test_refused_to_non_root(own_template, tmp_path):
     path = template.socket_path()
     assert os.stat(path).st_mode & 0o777 == 0o600

@@ -42,15 +42,16 @@ def test_legacy_create_and_runc_options():
 def test_cri_runtimeoptions_toml(tmp_path):
     cfg = tmp_path / "pyshim.toml"
     cfg.write_text('BinaryName = "crun"\nRoot = "/run/pyshim-runc"\nSystemdCgroup = false\n'
-                   'IoUid = 1000\nSomethingElse = "ignored"\n')
+                   'IoUid = 1000\nSomethingElse = "ignored"\nPyshimTemplate = false\n')
     o = options.decode(pack(runtimeoptions.Options(config_path=str(cfg))))
     assert o == {"binary_name": "crun", "root": "/run/pyshim-runc", "systemd_cgroup": False,
-                 "io_uid": 1000}
+                 "io_uid": 1000, "template": False}
     assert options.decode(pack(runtimeoptions.Options())) == {}
 
 
 @pytest.mark.parametrize("body,err", [('BinaryName = 3\n', "must be str"),
                                       ('IoUid = true\n', "must be int"),
+                                      ('PyshimTemplate = "no"\n', "must be bool"),
                                       ('not toml at all = = \n', "pyshim.toml")])
 def test_cri_runtimeoptions_bad_toml(tmp_path, body, err):
     cfg = tmp_path / "pyshim.toml"
