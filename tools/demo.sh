@@ -64,9 +64,20 @@ ID=demo-$$
 CTRD_PID=
 
 ctr_() { ctr --address "$SOCK" -n "$NS" "$@"; }
+# The template process pyshim's first start spawns (docs/design.md, warm
+# start) outlives containerd: the one this demo spawned is ended by PID.
+templates() {
+    local d
+    for d in /proc/[0-9]*; do
+        case "$({ tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null)" in
+            "pyshim-template "*) echo "${d#/proc/}" ;;
+        esac
+    done
+}
+TEMPLATES_BEFORE=" $(templates | tr '\n' ' ') "
 
 cleanup() {
-    local rc=$? pid mp d
+    local rc=$? pid mp d id
     trap - EXIT INT TERM
     set +e
     if [ -n "$CTRD_PID" ] && kill -0 "$CTRD_PID" 2>/dev/null; then
@@ -83,6 +94,12 @@ cleanup() {
         if tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -qF -- "-address $SOCK "; then
             kill -KILL "${d#/proc/}" 2>/dev/null
         fi
+    done
+    for pid in $(templates); do
+        case "$TEMPLATES_BEFORE" in *" $pid "*) continue ;; esac
+        id=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -d' ' -f2)
+        kill -KILL "$pid" 2>/dev/null
+        [ -n "$id" ] && rm -f "/run/containerd/s/pyshim-template-$id"
     done
     # Containers left in the shims' runc root, then the root itself.
     if [ -d "/run/containerd/runc/$NS" ]; then
