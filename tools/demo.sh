@@ -91,7 +91,7 @@ cleanup() {
     fi
     # Shims of our containerd (their argv has "-address $SOCK"), by PID.
     for d in /proc/[0-9]*; do
-        if tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -qF -- "-address $SOCK "; then
+        if { tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null | grep -qF -- "-address $SOCK "; then
             kill -KILL "${d#/proc/}" 2>/dev/null
         fi
     done
