@@ -32,7 +32,7 @@ def build_identity():
         for dirpath, dirnames, filenames in sorted(os.walk(os.path.join(HERE, top))):
             dirnames.sort()
             for name in sorted(filenames):
-                if name.endswith((".py", ".pyx", ".pxi", ".proto", ".c")) or "." not in name:
+                if name.endswith((".py", ".pyx", ".pxi", ".proto", ".c", ".h")) or "." not in name:
                     path = os.path.join(dirpath, name)
                     h.update(path[len(HERE):].encode())
                     with open(path, "rb") as f:
@@ -81,7 +81,8 @@ class BuildScriptsWithLauncher(build_scripts):
         cc = os.environ.get("CC") or "cc"
         out = py + ".native"
         argv = [cc, "-O2", "-Wall", "-std=gnu99", '-DPYSHIM_BUILD_ID="%s"' % build_id(),
-                "-o", out, os.path.join(HERE, "_native", "launcher.c")]
+                "-o", out, os.path.join(HERE, "_native", "launcher.c"),
+                os.path.join(HERE, "_native", "launcher_group.c")]
         try:
             subprocess.run(argv, check=True)
         except (OSError, subprocess.CalledProcessError) as e:

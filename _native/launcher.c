@@ -2,9 +2,14 @@
  * native launcher, so that no Python start-up is on a container's critical
  * path.
  *
- *   start   hand argv, environment, cwd and stdio to the resident template
- *           process (shim/template.py; protocol: shim/template_client.py)
- *           and exit with the status of the start it runs;
+ *   start   when a live shim already serves the container's group (the
+ *           per-container start of a pod): write the bundle's address
+ *           file and print the address (or containerd 2.3's
+ *           BootstrapResult) itself, as shim/manager.py's start would;
+ *           else hand argv, environment, cwd and stdio to the resident
+ *           template process (shim/template.py; protocol:
+ *           shim/template_client.py) and exit with the status of the start
+ *           it runs;
  *   delete  when the serving shim already cleaned up (the bundle's
  *           .pyshim-deleted mark, shim/bundle.py): remove a dead socket,
  *           print the DeleteResponse itself;
@@ -33,6 +38,8 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "launcher.h"
 
 #ifndef PYSHIM_BUILD_ID
 #define PYSHIM_BUILD_ID ""
@@ -111,9 +118,6 @@ static const char *STRING_FLAGS[] = {"namespace", "id", "address", "publish-bina
                                      "socket", "debug-socket", NULL};
 static const char *BOOL_FLAGS[] = {"debug", NULL};
 
-struct cmd {
-    const char *action, *namespace, *id, *bundle;
-};
 
 static int in(const char *name, size_t len, const char **list)
 {
@@ -160,6 +164,8 @@ static int parse(int argc, char **argv, struct cmd *c)
             c->id = value;
         else if (strncmp(name, "bundle", len) == 0 && len == 6)
             c->bundle = value;
+        else if (strncmp(name, "address", len) == 0 && len == 7)
+            c->address = value;
     }
     if (i != argc - 1 || !c->namespace || !c->namespace[0])
         return -1;
@@ -449,6 +455,8 @@ int main(int argc, char **argv)
     struct cmd c;
     if (argc > 0 && parse(argc, argv, &c) == 0) {
         if (strcmp(c.action, "start") == 0) {
+            if (start_live_group(&c) == 0)
+                return 0;
             int code = start_in_template(argc, argv);
             if (code >= 0)
                 return code;

@@ -25,21 +25,31 @@ def socket_path(build_id=None):
     return template_client.socket_path()
 
 
+def _ppid(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def pids(build_id=None):
     """PIDs of processes showing `pyshim-template <build id>` (default: the
-    installed build's)."""
+    installed build's). A template's own forks show its name until they
+    take the caller's (a probe's connection makes one too): they are not
+    templates, and are left out (their parent shows the name)."""
     want = NAME + b"\0" + (build_id or template_client.build_id()).encode() + b"\0"
-    out = []
+    named = set()
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             with open("/proc/%s/cmdline" % d, "rb") as f:
                 if f.read() == want:
-                    out.append(int(d))
+                    named.add(int(d))
         except OSError:
             pass
-    return sorted(out)
+    return sorted(p for p in named if _ppid(p) not in named)
 
 
 def wait_for(cond, timeout=15.0):
