@@ -6,12 +6,15 @@ those modules are shared by every shim forked from it.
 Started by the first `start` that finds none (shim.template_client.spawn);
 listens on <shim socket dir>/pyshim-template-<build id> (0600 in a 0700
 dir; only uid 0 is served, checked with SO_PEERCRED). For each request
-(protocol: shim/template_client.py) it double-forks: the grandchild takes
+(protocol: shim/template_client.py) it forks a child that takes
 the caller's stdio, cwd, environment, argv, cgroups, OOM score, rlimits,
 umask, nice value and CPU affinity, and runs today's `start` from there
 (shim.cli.run): it forks the serving process as a Python `start` would, so
-that process is exactly what a `start` makes without the template. The
-template holds no container state: killing it loses nothing.
+that process is exactly what a `start` makes without the template, and
+the serving process is no child of the template. The template ignores
+SIGCHLD, so the kernel reaps its `start` children: it never waits on one
+and no zombie is left. It holds no container state: killing it loses
+nothing.
 
 It exits when its socket is gone or replaced, or when the installed build
 is no longer its own (a new `pip install`: the next start spawns the new
@@ -19,6 +22,8 @@ build's template), checked between requests.
 """
 import os
 import sys
+
+import _signal
 
 from shim import template_client as client
 
@@ -124,6 +129,7 @@ def main():
         _native.set_cmdline_buffer(["pyshim-template", client.build_id()])
     except OSError:
         pass
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)    # no zombies of ours (_dispatch)
     import gc
     gc.collect()
     gc.freeze()     # the heap as forked: no collection touches (copies) its pages
@@ -157,33 +163,24 @@ def main():
 
 
 def _dispatch(listener, conn):
-    """Double fork: the grandchild serves the request (then the serving
-    process it forks is no child of ours, and we collect no zombies)."""
+    """A child serves the request: it runs the caller's `start`, whose
+    serving process is then no child of ours. We do not wait for it
+    (SIGCHLD is ignored: the kernel reaps it)."""
     cred = conn.getsockopt(1, SO_PEERCRED, 12)      # SOL_SOCKET
     peer = int.from_bytes(cred[0:4], sys.byteorder)
     uid = int.from_bytes(cred[4:8], sys.byteorder)
     if uid != 0:
         return
-    pid = os.fork()
-    if pid == 0:
+    if os.fork() == 0:
         code = 1
         try:
-            if os.fork() == 0:
-                listener.close()
-                conn.settimeout(None)
-                code = serve_request(conn, peer)
-            else:
-                code = 0
+            # As any start: it may wait for the serving process it forks.
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            listener.close()
+            conn.settimeout(None)
+            code = serve_request(conn, peer)
         finally:
             os._exit(code)
-    while True:
-        try:
-            os.waitpid(pid, 0)
-            return
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return
 
 
 def _recv_request(conn):
