@@ -81,7 +81,7 @@ def serve(flags, listen_fd):
 
     service = TaskService(flags.namespace, reaper, publisher, log, shutdown)
     for name in TASK_SERVICES:
-        server.register_service(name, service.methods())
+        server.register_service(name, service.method_table())
     server.listen_fd(listen_fd)
 
     idle = _idle_exit_seconds()

@@ -31,6 +31,21 @@ def _ts(t):
     return wkt.Timestamp(seconds=sec, nanos=int((t - sec) * 1e9))
 
 
+class _MethodTable:
+    """name -> (request type, bound handler) of a TaskService, made when
+    asked: nothing of a method not called is touched."""
+    __slots__ = ("service",)
+
+    def __init__(self, service):
+        self.service = service
+
+    def get(self, name):
+        entry = _METHODS.get(name)
+        if entry is None:
+            return None
+        return entry[0], getattr(self.service, entry[1])
+
+
 _METHODS = {
     "State": (pb.StateRequest, "state"),
     "Create": (pb.CreateTaskRequest, "create"),
@@ -70,6 +85,10 @@ class TaskService:
     def methods(self):
         """The table used by the ttrpc server: name -> (request type, handler)."""
         return {name: (req, getattr(self, attr)) for name, (req, attr) in _METHODS.items()}
+
+    def method_table(self):
+        """methods() resolved per call (ttrpc.Server.register_service)."""
+        return _MethodTable(self)
 
     def _container(self, cid):
         c = self.containers.get(cid)

@@ -54,6 +54,8 @@ class Server:
     def __init__(self, loop=None, check_peer=True, log=None, long_polls=()):
         self.loop = loop or get_loop()
         self.methods = {}
+        # service -> its methods' table, looked up per call (register_service)
+        self.services = {}
         self.check_peer = check_peer
         self.log = log
         self.listeners = []
@@ -67,8 +69,12 @@ class Server:
         self.methods[(service, method)] = (request_cls, handler)
 
     def register_service(self, service, table):
-        for method, (request_cls, handler) in table.items():
-            self.register(service, method, request_cls, handler)
+        """Every method of `service`: table.get(method) -> (request_cls,
+        handler) or None, looked up per call. A table that resolves on
+        demand (TaskService.method_table) touches only the handlers called:
+        in a shim forked from the template, the pages holding the others
+        stay shared (every object touched is a page copied)."""
+        self.services[service] = table
 
     def listen_fd(self, fd):
         sock = _socket.socket(fileno=fd)
@@ -301,7 +307,12 @@ class ServerConnection:
             return
         entry = self.server.methods.get((req.service, req.method))
         if entry is None:
-            if any(s == req.service for s, _m in self.server.methods):
+            table = self.server.services.get(req.service)
+            if table is not None:
+                entry = table.get(req.method)
+        if entry is None:
+            if req.service in self.server.services or \
+                    any(s == req.service for s, _m in self.server.methods):
                 self._reply_error(stream_id, UNIMPLEMENTED, "method %s" % req.method)
             else:
                 self._reply_error(stream_id, UNIMPLEMENTED, "service %s" % req.service)

@@ -201,3 +201,35 @@ def test_drain_gives_up_after_its_timeout(server):
     assert loop.run_until_complete(loop.spawn(srv.drain(0.3)), timeout=10) is False
     assert 0.25 <= time.monotonic() - t0 < 5
     s.close()
+
+
+def test_service_table_looked_up_per_call(tmp_path):
+    """register_service keeps the table and asks it per call, for the
+    method called only (TaskService.method_table resolves on demand: a
+    shim forked from the template touches no handler it never runs)."""
+    srv = ttrpc.Server(loop)
+    asked = []
+
+    async def state(req, ctx):
+        return pb.StateResponse(id=req.id)
+
+    class Table:
+        def get(self, name):
+            asked.append(name)
+            return (pb.StateRequest, state) if name == "State" else None
+    srv.register_service(SVC, Table())
+    path = str(tmp_path / "s")
+    srv.listen(path)
+    s = connect(srv, path)
+    replies = Replies(s)
+    other = pb_ttrpc.Request(service="other.Svc", method="State",
+                             payload=pb.StateRequest(id="x").encode())
+    s.sendall(request(1, "State") + request(3, "Nope") +
+              frame.encode_frame(5, frame.TYPE_REQUEST, 0, other.encode()))
+    assert run_until(lambda: len(replies.got) == 3)
+    assert replies.got[1].status is None
+    assert replies.got[3].status.message == "method Nope"
+    assert replies.got[5].status.message == "service other.Svc"
+    assert asked == ["State", "Nope"]
+    s.close()
+    srv.close()
