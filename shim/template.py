@@ -174,8 +174,12 @@ def _dispatch(listener, conn):
     if os.fork() == 0:
         code = 1
         try:
-            # As any start: it may wait for the serving process it forks.
+            # As any start: it may wait for the serving process it forks,
+            # and it leads its own process group (containerd starts it so;
+            # SCHED_CORE's cookie goes to the start's whole group, which
+            # must not be the template's).
             _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            os.setpgid(0, 0)
             listener.close()
             conn.settimeout(None)
             code = serve_request(conn, peer)
