@@ -254,11 +254,25 @@ def oom_kills(cgroup):
     return _kv(text).get("oom_kill")
 
 
-def _parent_oom_kills(path):
-    """oom_kill of the parent v2 cgroup's memory.events (hierarchical: it
-    counts the kills of the whole subtree), or None."""
-    text = _read(os.path.dirname(path) + "/memory.events")
+def _events_oom_kills(path):
+    """oom_kill of the v2 cgroup dir `path`'s memory.events (hierarchical:
+    it counts the kills of the whole subtree), or None."""
+    text = _read(path + "/memory.events")
     return None if text is None else _kv(text).get("oom_kill", 0)
+
+
+def _ancestor_oom_kills(path):
+    """[(dir, oom_kill)] of the v2 cgroup's ancestors, nearest first, up to
+    (not including) the root cgroup, which has no memory.events."""
+    found = []
+    d = os.path.dirname(path)
+    while d != os.path.dirname(d):
+        n = _events_oom_kills(d)
+        if n is None:
+            break
+        found.append((d, n))
+        d = os.path.dirname(d)
+    return found
 
 
 class OomWatch:
@@ -284,7 +298,7 @@ class OomWatch:
     is late or was missed.
     """
     __slots__ = ("cgroup", "loop", "on_oom", "fd", "dir", "last", "base", "reported",
-                 "parent_base")
+                 "ancestor_bases")
 
     def __init__(self, cgroup, loop, on_oom):
         self.cgroup = cgroup
@@ -302,7 +316,7 @@ class OomWatch:
             self._start_v1()
         # OOM kills before the watch (none for a new container) are not ours.
         self.base = self.last = oom_kills(cgroup) or 0
-        self.parent_base = _parent_oom_kills(self.dir) if cgroup.version == 2 else None
+        self.ancestor_bases = _ancestor_oom_kills(self.dir) if cgroup.version == 2 else []
         loop.add_reader(self.fd, self.poll)
 
     @property
@@ -381,23 +395,26 @@ class OomWatch:
         n = oom_kills(self.cgroup)
         if n is None:
             n = max(self.last, self.base + (1 if self.reported else 0))
-            if n == self.base and self._parent_saw_a_kill():
+            if n == self.base and self._ancestor_saw_a_kill():
                 n = self.base + 1
         if n > self.base and not self.reported:
             self._report()
         return n
 
-    def _parent_saw_a_kill(self):
+    def _ancestor_saw_a_kill(self):
         """v2, the cgroup already removed (the systemd driver: systemd
         removes the scope as soon as it is empty, which can beat both the
-        rate-limited inotify wake-up and this exit): the parent's
-        memory.events counts its subtree's kills, so a rise there since the
-        watch began is taken as ours (a sibling's kill in the same moment
-        is the only way to be wrong)."""
-        if self.parent_base is None:
-            return False
-        n = _parent_oom_kills(self.dir)
-        return n is not None and n > self.parent_base
+        rate-limited inotify wake-up and this exit): the nearest ancestor
+        still there counts its subtree's kills in memory.events, so a rise
+        there since the watch began is taken as ours (a sibling's kill in
+        the same moment is the only way to be wrong). Nearest still there,
+        not the parent: crun's systemd driver runs the container in a
+        `container` cgroup inside the scope, and the scope goes with it."""
+        for d, base in self.ancestor_bases:
+            n = _events_oom_kills(d)
+            if n is not None:
+                return n > base
+        return False
 
     def close(self):
         fd, self.fd = self.fd, -1

@@ -680,7 +680,7 @@ def test_oom_watch_v2_at_exit_reads_the_parent_when_the_cgroup_is_gone(tmp_path)
     calls = []
     h = cgroups.watch_oom(cg, loop, lambda: calls.append(1))
     try:
-        assert h.parent_base == 4
+        assert h.ancestor_bases == [(os.path.dirname(cg.path), 4)]
         write(parent, "oom 1\noom_kill 5\n")
         os.unlink(cg.path + "/memory.events")
         assert h.at_exit() == h.base + 1 and calls == [1]
@@ -697,5 +697,26 @@ def test_oom_watch_v2_at_exit_parent_without_a_kill_reports_nothing(tmp_path):
     try:
         os.unlink(cg.path + "/memory.events")
         assert h.at_exit() == h.base and calls == []
+    finally:
+        h.close()
+
+
+def test_oom_watch_v2_at_exit_reads_the_nearest_ancestor_left(tmp_path):
+    # crun's systemd driver: the init runs in <scope>/container and systemd
+    # removes the scope with it, so the parent is gone too; the slice above
+    # is the nearest ancestor left and its rise is the OOM.
+    root, proc = v2_tree(tmp_path, cg="/system.slice/crun-c1.scope/container")
+    cg = cgroups.find(PID, root=root, proc=proc)
+    scope = os.path.dirname(cg.path)
+    slice_ = os.path.dirname(scope)
+    write(scope + "/memory.events", "oom_kill 0\n")
+    write(slice_ + "/memory.events", "oom_kill 4\n")
+    calls = []
+    h = cgroups.watch_oom(cg, loop, lambda: calls.append(1))
+    try:
+        write(slice_ + "/memory.events", "oom_kill 5\n")
+        os.unlink(cg.path + "/memory.events")
+        os.unlink(scope + "/memory.events")
+        assert h.at_exit() == h.base + 1 and calls == [1]
     finally:
         h.close()
