@@ -94,7 +94,7 @@ def _fork_serve(flags, sock, debug, env_add):
         os.close(null)
         os.close(ready_w)
         # Until the child has let go of our stdout (containerd reads it to
-        # EOF, so the child does that first): EOF here.
+        # EOF) and shows its serve argv: EOF here.
         try:
             while os.read(ready_r, 64):
                 pass
@@ -110,15 +110,15 @@ def _fork_serve(flags, sock, debug, env_add):
         _signal.pthread_sigmask(_signal.SIG_BLOCK, {SIGTERM, SIGINT, SIGUSR1})
         os.setsid()
         # containerd waits for EOF on start's stdout, which we hold: let go
-        # of it first, then let the parent go on (on a busy node every
-        # step before this is latency for the container).
+        # of it first; the parent goes on once we show our serve argv (on a
+        # busy node every step before that is latency for the container).
         for fd in (0, 1, 2):
             os.dup2(null, fd)
-        os.close(ready_w)
         os.environ.update(env_add)
         argv0 = invoked_as()
         if argv0:
             show_name([argv0] + serve_flags(flags, debug), shown_environ())
+        os.close(ready_w)
         lfd = sock.detach()
         os.set_inheritable(lfd, False)
         os.closerange(3, lfd)
