@@ -106,6 +106,18 @@ def _finish(c):
                     % (c.namespace, "\n  ".join(problems)), pytrace=False)
 
 
+@pytest.fixture
+def busy_cpus():
+    """Two busy loops per CPU for the test's duration (killed by PID after)."""
+    import subprocess
+    procs = [subprocess.Popen(["sh", "-c", "while :; do :; done"])
+             for _ in range(2 * (os.cpu_count() or 1))]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _end_templates():
     """Templates (shim/template.py) that this session's starts spawned are

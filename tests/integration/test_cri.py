@@ -591,6 +591,25 @@ def test_oom_killed(containerd, pods, handler):
             assert int(read_text(d + "/memory.failcnt")) > 0
 
 
+def test_oom_killed_at_once_under_load(containerd, pods, handler, busy_cpus):
+    """critest's OOMKilled spec (`dd bs=20M` under a 15 MiB limit: killed
+    in its first milliseconds), two busy loops per CPU: reason OOMKilled
+    every time (issue 11: it was Error 2 of 6 times when the OOM watch was
+    armed only after runc start). PYSHIM_TEST_OOM_RUNS runs (default 5)."""
+    runs = int(os.environ.get("PYSHIM_TEST_OOM_RUNS", "5"))
+    seen = []
+    for _ in range(runs):
+        pod = pods.pod(handler)
+        cid = pods.container(pod, ["dd", "if=/dev/zero", "of=/dev/null", "bs=20M"],
+                             memory=15 * MiB)
+        st = pods.wait_state(cid, CONTAINER_EXITED, timeout=60)
+        seen.append((st.exit_code, st.reason))
+        pods.remove(pod)
+    if handler == CRI_GO_HANDLER and seen != [(137, "OOMKilled")] * runs:
+        pytest.skip("Go shim: %s" % seen)      # recorded, not judged
+    assert seen == [(137, "OOMKilled")] * runs
+
+
 def test_stop_remove_leaves_nothing(containerd, pods):
     c = containerd
     pod = pods.pod()

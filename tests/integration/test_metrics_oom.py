@@ -4,7 +4,6 @@ shim side by side. Metrics have the shape of the host's cgroups
 containers follow PYSHIM_TEST_RUNC / PYSHIM_TEST_CGROUP_DRIVER."""
 import json
 import os
-import subprocess
 import time
 
 import pytest
@@ -90,17 +89,6 @@ def test_memory_limit_update_visible_in_cgroup(containerd, ctr_run, cid, runtime
         assert e.value.code == ttrpc.UNKNOWN
     with open(path) as f:
         assert int(f.read()) == 48 << 20
-
-
-@pytest.fixture
-def busy_cpus():
-    """Two busy loops per CPU for the test's duration (killed by PID after)."""
-    procs = [subprocess.Popen(["sh", "-c", "while :; do :; done"])
-             for _ in range(2 * (os.cpu_count() or 1))]
-    yield
-    for p in procs:
-        p.kill()
-        p.wait()
 
 
 def oom_then_exit(out, cid):
