@@ -331,7 +331,21 @@ static int read_file(const char *path, char *out, size_t n)
     return (int)got;
 }
 
-static size_t varint(unsigned char *p, uint64_t v)
+size_t write_full(int fd, const void *p, size_t n)
+{
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = write(fd, (const char *)p + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    return off;
+}
+
+size_t put_varint(unsigned char *p, uint64_t v)
 {
     size_t n = 0;
     while (v >= 0x80) {
@@ -412,30 +426,25 @@ static int fast_delete(const struct cmd *c)
     size_t tl = 0, ol = 0;
     if (now.tv_sec) {
         ts[tl++] = 0x08;
-        tl += varint(ts + tl, (uint64_t)now.tv_sec);
+        tl += put_varint(ts + tl, (uint64_t)now.tv_sec);
     }
     if (now.tv_nsec) {
         ts[tl++] = 0x10;
-        tl += varint(ts + tl, (uint64_t)now.tv_nsec);
+        tl += put_varint(ts + tl, (uint64_t)now.tv_nsec);
     }
     if (pid) {
         out[ol++] = 0x08;
-        ol += varint(out + ol, (uint64_t)pid);
+        ol += put_varint(out + ol, (uint64_t)pid);
     }
     out[ol++] = 0x10;
-    ol += varint(out + ol, 128 + 9);     /* SIGKILL's status, as the Python delete */
+    ol += put_varint(out + ol, 128 + 9);     /* SIGKILL's status, as the Python delete */
     out[ol++] = 0x1a;
-    ol += varint(out + ol, tl);
+    ol += put_varint(out + ol, tl);
     memcpy(out + ol, ts, tl);
     ol += tl;
-    for (size_t off = 0; off < ol;) {
-        ssize_t w = write(1, out + off, ol - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return off ? (exit(1), 0) : -1;
-        off += (size_t)w;
-    }
+    size_t off = write_full(1, out, ol);
+    if (off != ol)
+        return off ? (exit(1), 0) : -1;     /* nothing out yet: Python may try */
     return 0;
 }
 

@@ -172,16 +172,8 @@ static int restore_stdin(const struct bytes *b)
         return 0;           /* at EOF already: whoever reads next gets EOF too */
     int fd = memfd_create("pyshim-start-stdin", 0);
     if (fd >= 0) {
-        size_t off = 0;
-        while (off < b->len) {
-            ssize_t w = write(fd, b->p + off, b->len - off);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0)
-                break;
-            off += (size_t)w;
-        }
-        if (off == b->len && lseek(fd, 0, SEEK_SET) == 0 && dup2(fd, 0) == 0) {
+        if (write_full(fd, b->p, b->len) == b->len && lseek(fd, 0, SEEK_SET) == 0 &&
+            dup2(fd, 0) == 0) {
             close(fd);
             return 0;
         }
@@ -492,22 +484,45 @@ static int js_literal(struct js *j, const char *word)
     return 0;
 }
 
+/* After `{` or `[` (at j->p), and after each member or element: 1 when
+ * the container goes on, 0 when `close` ended it, -1 when neither. */
+static int js_open(struct js *j, char close)
+{
+    if (++j->depth > JSON_DEPTH)
+        return -1;
+    j->p++;
+    js_ws(j);
+    if (j->p < j->end && *j->p == close) {
+        j->p++;
+        j->depth--;
+        return 0;
+    }
+    return 1;
+}
+
+static int js_next(struct js *j, char close)
+{
+    js_ws(j);
+    if (j->p < j->end && *j->p == ',') {
+        j->p++;
+        return 1;
+    }
+    if (j->p < j->end && *j->p == close) {
+        j->p++;
+        j->depth--;
+        return 0;
+    }
+    return -1;
+}
+
 /* Members of the object at j->p, each handed to fn(key, value position);
  * fn parses the value (or returns 1 to have it skipped). */
 typedef int (*member_fn)(struct js *j, const unsigned char *key, size_t klen, void *arg);
 
 static int js_object(struct js *j, member_fn fn, void *arg)
 {
-    if (++j->depth > JSON_DEPTH)
-        return -1;
-    j->p++;                 /* { */
-    js_ws(j);
-    if (j->p < j->end && *j->p == '}') {
-        j->p++;
-        j->depth--;
-        return 0;
-    }
-    for (;;) {
+    int more = js_open(j, '}');
+    while (more == 1) {
         unsigned char key[64];
         size_t klen;
         js_ws(j);
@@ -526,18 +541,9 @@ static int js_object(struct js *j, member_fn fn, void *arg)
         int r = fn && klen <= sizeof key ? fn(j, key, klen, arg) : 1;
         if (r < 0 || (r == 1 && js_value(j) != 0))
             return -1;
-        js_ws(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
-            continue;
-        }
-        if (j->p < j->end && *j->p == '}') {
-            j->p++;
-            j->depth--;
-            return 0;
-        }
-        return -1;
+        more = js_next(j, '}');
     }
+    return more;
 }
 
 static int js_value(struct js *j)
@@ -548,32 +554,16 @@ static int js_value(struct js *j)
     switch (*j->p) {
     case '{':
         return js_object(j, NULL, NULL);
-    case '[':
-        if (++j->depth > JSON_DEPTH)
-            return -1;
-        j->p++;
-        js_ws(j);
-        if (j->p < j->end && *j->p == ']') {
-            j->p++;
-            j->depth--;
-            return 0;
-        }
-        for (;;) {
+    case '[': {
+        int more = js_open(j, ']');
+        while (more == 1) {
             js_ws(j);
             if (js_value(j) != 0)
                 return -1;
-            js_ws(j);
-            if (j->p < j->end && *j->p == ',') {
-                j->p++;
-                continue;
-            }
-            if (j->p < j->end && *j->p == ']') {
-                j->p++;
-                j->depth--;
-                return 0;
-            }
-            return -1;
+            more = js_next(j, ']');
         }
+        return more;
+    }
     case '"':
         return js_string(j, NULL, 0, &n);
     case 't':
@@ -788,42 +778,10 @@ static int write_address(const char *address)
     }
     if (fd < 0)
         return -1;
-    size_t n = strlen(address), off = 0;
-    while (off < n) {
-        ssize_t w = write(fd, address + off, n - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            break;
-        off += (size_t)w;
-    }
+    size_t n = strlen(address);
+    int ok = write_full(fd, address, n) == n;
     close(fd);
-    return off == n ? rename(".address", "address") : -1;
-}
-
-static size_t put_varint(unsigned char *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (unsigned char)((v & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (unsigned char)v;
-    return n;
-}
-
-static int write_out(const unsigned char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = write(1, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
+    return ok ? rename(".address", "address") : -1;
 }
 
 int start_live_group(const struct cmd *c)
@@ -869,7 +827,7 @@ int start_live_group(const struct cmd *c)
         goto out;
     answered = 0;
     if (!bp.is) {
-        if (write_out((const unsigned char *)address, strlen(address)) != 0)
+        if (write_full(1, address, strlen(address)) != strlen(address))
             exit(1);
     } else {
         /* BootstrapResult{version, address, protocol: "ttrpc"} */
@@ -887,7 +845,7 @@ int start_live_group(const struct cmd *c)
         msg[n++] = 5;
         memcpy(msg + n, "ttrpc", 5);
         n += 5;
-        if (write_out(msg, n) != 0)
+        if (write_full(1, msg, n) != n)
             exit(1);
         free(msg);
     }
