@@ -32,15 +32,10 @@ def _from_template(pid):
         return "/resource.cpython" in f.read()
 
 
-def _ppid(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
 def _ancestors(pid):
     out = []
     while pid > 1:
-        pid = _ppid(pid)
+        pid = template.ppid(pid)
         out.append(pid)
     return out
 
@@ -166,7 +161,7 @@ def test_first_start_spawns_it_killed_mid_run(cd):
     assert not _from_template(_serving_shim(c, "first"))
     pids = template.wait_for(template.pids)
     assert len(pids) == 1, pids
-    assert template.wait_for(lambda: _ppid(pids[0]) != c.proc.pid and
+    assert template.wait_for(lambda: template.ppid(pids[0]) != c.proc.pid and
                              pids[0] not in _ancestors(os.getpid()))
     _run_detached(c, "second")
     second = _serving_shim(c, "second")

@@ -25,7 +25,8 @@ def socket_path(build_id=None):
     return template_client.socket_path()
 
 
-def _ppid(pid):
+def ppid(pid):
+    """The parent pid of pid (0 if gone)."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             return int(f.read().rsplit(")", 1)[1].split()[1])
@@ -49,7 +50,7 @@ def pids(build_id=None):
                     named.add(int(d))
         except OSError:
             pass
-    return sorted(p for p in named if _ppid(p) not in named)
+    return sorted(p for p in named if ppid(p) not in named)
 
 
 def wait_for(cond, timeout=15.0):
