@@ -15,9 +15,9 @@ SIGUSR1 = 10
 SIGTERM = 15
 TASK_SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
 DRAIN_TIMEOUT = 10.0        # seconds an exiting shim waits for requests in flight
-# A shim that gets no Create this long after it started serving exits:
-# containerd died between `start` and Create, and nobody else would ever
-# stop it. <= 0 turns it off.
+# A shim that has created no task this long after it started serving exits:
+# containerd died between `start` and Create (or with a Create in flight that
+# then failed), and nobody else would ever stop it. <= 0 turns it off.
 IDLE_EXIT_ENV = "PYSHIM_IDLE_EXIT_SECONDS"
 IDLE_EXIT_SECONDS = 30.0
 
@@ -87,9 +87,15 @@ def serve(flags, listen_fd):
     idle = _idle_exit_seconds()
 
     def exit_if_unused():
-        if not service.create_requests and not service.containers:
-            log.warning("no Create within %gs of starting: exiting" % idle)
-            shutdown()
+        # A Create that failed made no task (containerd died with it in
+        # flight, and ctr removed its FIFOs): nobody will ask for this shim.
+        if service.created:
+            return                  # it served a task: only Shutdown ends it
+        if service.containers:      # a Create in flight: judge it later
+            loop.call_later(idle, exit_if_unused)
+            return
+        log.warning("no task created within %gs of starting: exiting" % idle)
+        shutdown()
     if idle > 0:
         loop.call_later(idle, exit_if_unused)
 

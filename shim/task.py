@@ -78,7 +78,7 @@ class TaskService:
         self.exits = ExitRouter(self._on_exited)
         self.shutdown_cb = shutdown_cb
         self.shutdown_asked = False     # Shutdown came while tasks remained
-        self.create_requests = 0    # Creates received (serve's idle exit)
+        self.created = False        # a Create succeeded once (serve's idle exit)
         self.closing = False        # the shim is exiting (set by serve)
         reaper.on_exit = self.exits.on_exit
 
@@ -128,7 +128,6 @@ class TaskService:
 
     # ---- RPCs ------------------------------------------------------------
     async def create(self, req, ctx):
-        self.create_requests += 1
         cid = req.id
         if not cid:
             raise invalid_argument("id must not be empty")
@@ -147,6 +146,7 @@ class TaskService:
         except BaseException:
             del self.containers[cid]
             raise
+        self.created = True
         self._publish("/tasks/create", ev.TaskCreate(
             container_id=cid, bundle=req.bundle, rootfs=list(req.rootfs),
             io=ev.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,

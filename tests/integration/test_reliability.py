@@ -280,6 +280,25 @@ def test_shim_without_create_exits_and_removes_its_socket(standalone):
     assert not os.path.exists(path)
 
 
+def test_shim_whose_create_failed_exits(standalone):
+    """containerd died while a Create was in flight, and the Create then
+    failed (here as when ctr has removed its stdio FIFOs): no task was made,
+    so the shim still leaves once the bound has passed. (Counting the Create
+    as served left such shims behind after containerd crashes.)"""
+    id = "create-failed"
+    bundle, address, pid = standalone.start(id, env={IDLE_ENV: "2"})
+    gone_fifo = os.path.join(standalone.dir, "no-such-fifo", "stdout")
+    with ttrpc_client.SyncClient(address, timeout=30) as cl:
+        with pytest.raises(ttrpc.TTRPCError):
+            cl.call(TASK, "Create", pb.CreateTaskRequest(
+                id=id, bundle=bundle, stdout=gone_fifo, options=standalone.options()),
+                pb.CreateTaskResponse)
+        assert cl.call(TASK, "Connect", pb.ConnectRequest(id=id),
+                       pb.ConnectResponse).task_pid == 0
+    assert not wait_pids_gone([pid], 20), "shim whose only Create failed still running"
+    assert not os.path.exists(address[len("unix://"):])
+
+
 def test_shim_with_create_stays(standalone):
     id = "adopted"
     bundle, address, pid = standalone.start(id, env={IDLE_ENV: "1"})
