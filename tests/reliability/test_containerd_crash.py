@@ -3,8 +3,9 @@ every container is either fully running and manageable (exec, kill, delete
 work) or fully cleaned up, and once the shims' idle-exit bound has passed
 no shim is left that serves no task.
 
-pyshim exits by itself when no Create came within PYSHIM_IDLE_EXIT_SECONDS
-of its start (30 s by default; set to IDLE here through containerd's
+pyshim exits by itself when it has created no task PYSHIM_IDLE_EXIT_SECONDS
+after its start (a Create that failed when containerd died counts as none;
+30 s by default; set to IDLE here through containerd's
 environment, which containerd passes on to its shims). The Go shim has no
 such bound: its orphans are recorded, then removed by this test (by PID)."""
 import os
