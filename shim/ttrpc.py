@@ -110,6 +110,12 @@ class Server:
                 return True
         return False
 
+    def handling(self, method):
+        """Whether a request for `method` is being handled (it may not have
+        run its first step yet)."""
+        return any(m == method for conn in self.connections
+                   for m, _task in conn.inflight.values())
+
     async def drain(self, timeout, interval=0.02):
         """Wait until not busy() (at most `timeout` seconds; False if it
         still is): like Go's Server.Shutdown, a shim that exits lets the

@@ -233,3 +233,18 @@ def test_service_table_looked_up_per_call(tmp_path):
     assert asked == ["State", "Nope"]
     s.close()
     srv.close()
+
+
+def test_handling_names_the_methods_in_flight(server):
+    """serve's idle exit asks whether a Create is being handled."""
+    srv, path, gates = server
+    s = connect(srv, path)
+    replies = Replies(s)
+    assert not srv.handling("Gate")
+    s.sendall(request(1, "Gate", id="h"))
+    assert run_until(lambda: srv.handling("Gate"))
+    assert not srv.handling("State")
+    gates.setdefault("h", Future()).set_result(None)
+    assert run_until(lambda: 1 in replies.got)
+    assert not srv.handling("Gate")
+    s.close()
