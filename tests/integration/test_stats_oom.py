@@ -557,12 +557,17 @@ def test_oom_of_runc_container_v2(containerd, ctr_run):
     h = cgroups.watch_oom(cg, loop, on_oom)
     try:
         open("/proc/%d/root/tmp/go" % pid, "w").close()
-        assert spin(lambda: seen, 20)
+        # The wake-up; with the systemd driver the scope may be removed
+        # before the kernel's rate-limited notification goes out, and then
+        # none comes: at_exit() (the shim calls it at the init's exit)
+        # reports the kill from the nearest ancestor left.
+        spin(lambda: seen or not cg.exists(), 20)
         deadline = time.monotonic() + 10
         while containerd.tasks()[r.id][1] != "STOPPED" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert containerd.tasks()[r.id][1] == "STOPPED"
         spin(lambda: False, 0.2)
+        assert h.at_exit() == 1
         assert len(seen) == 1       # one per oom_kill increase
         assert seen[0] in (1, None), seen
         if cg.exists():
