@@ -91,7 +91,7 @@ def serve(flags, listen_fd):
         # flight, and ctr removed its FIFOs): nobody will ask for this shim.
         if service.created:
             return                  # it served a task: only Shutdown ends it
-        if service.containers or server.handling("Create"):    # judge it later
+        if server.handling("Create"):     # still running: judge it later
             loop.call_later(idle, exit_if_unused)
             return
         log.warning("no task created within %gs of starting: exiting" % idle)

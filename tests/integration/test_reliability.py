@@ -25,6 +25,7 @@ from support.bundle import busybox_rootfs, write_bundle
 from support.containerd import PY_RUNTIME, kill_pids, pid_alive, shim_processes, \
     wait_pids_gone
 from support.helpers import address_of, wait_status
+from support.shimwire import send_until_stalled
 
 pytestmark = pytest.mark.integration
 
@@ -205,26 +206,17 @@ def test_state_flood_without_reading_keeps_the_shim_small(containerd, ctr_run, c
     peak = base
     deadline = time.monotonic() + 120
 
+    def sample():
+        nonlocal peak
+        peak = max(peak, memory_kib(pid, "VmRSS"))
+
     def flood():
         """Sends until the shim has taken nothing for 1 s (or everything)."""
-        nonlocal peak
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(address[len("unix://"):])
         s.setblocking(False)
-        sent = 0
-        stalled_since = None
-        while sent < len(data):
-            assert time.monotonic() < deadline, "flood never stalled"
-            try:
-                sent += s.send(data[sent:sent + 65536])
-                stalled_since = None
-            except BlockingIOError:
-                if stalled_since is None:
-                    stalled_since = time.monotonic()
-                elif time.monotonic() - stalled_since > 1.0:
-                    break
-                select.select([], [s], [], 0.05)
-            peak = max(peak, memory_kib(pid, "VmRSS"))
+        sent = send_until_stalled(s, data, deadline, sample)
+        assert time.monotonic() < deadline, "flood never stalled"
         assert sent < len(data), "the shim took 100k requests without their replies being read"
         return s, sent
 

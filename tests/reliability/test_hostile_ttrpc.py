@@ -10,7 +10,6 @@ tests/integration/test_ttrpc_wire.py; the 100k unread-request flood and its
 memory bound in tests/integration/test_reliability.py. This is the same
 kind of input in volume, against one shim, class after class."""
 import random
-import select
 import socket
 import time
 
@@ -21,6 +20,7 @@ from shim.pb import wkt
 from support import reltable
 from support.containerd import pid_alive
 from support.shimwire import (PROCESS_SPEC_URL, fd_count, memory_kib, raw, read_frame,
+                              send_until_stalled,
                               request_frame, shim_pid, state, status_of)
 
 CONNS = 40              # connections per class where each carries one bad input
@@ -173,19 +173,11 @@ def flood_without_reads(address, svc, rng, pid=None):
     peak = base
     s = raw(address)
     s.setblocking(False)
-    sent, stalled = 0, None
-    deadline = time.monotonic() + 60
-    while sent < len(data) and time.monotonic() < deadline:
-        try:
-            sent += s.send(data[sent:sent + 65536])
-            stalled = None
-        except BlockingIOError:
-            if stalled is None:
-                stalled = time.monotonic()
-            elif time.monotonic() - stalled > 1.0:
-                break
-            select.select([], [s], [], 0.05)
+
+    def sample():
+        nonlocal peak
         peak = max(peak, memory_kib(pid)["Rss"])
+    sent = send_until_stalled(s, data, time.monotonic() + 60, sample)
     s.close()
     time.sleep(0.5)
     after = memory_kib(pid)["Rss"]

@@ -3,6 +3,7 @@ for the reliability suite: raw sockets and frames, execs without stdio,
 the shim's memory and fds.
 
     s = raw(address); s.sendall(...); read_frame(s); status_of(frame)
+    send_until_stalled(s, data, deadline, tick) -> bytes the shim took
     exec_once(client, service, cid, spec, exec_id, ["sh", "-c", "exit 3"]) -> 3
     memory_kib(pid) -> {"Rss": .., "Pss": ..}   (/proc/PID/smaps_rollup)
 
@@ -10,7 +11,9 @@ stdlib plus the installed shim's codec.
 """
 import json
 import os
+import select
 import socket
+import time
 
 from shim import frame
 from shim.pb import task as pb
@@ -26,6 +29,26 @@ def raw(address, timeout=10):
     s.settimeout(timeout)
     s.connect(address[len("unix://"):] if address.startswith("unix://") else address)
     return s
+
+
+def send_until_stalled(s, data, deadline, tick=None):
+    """Send `data` on the non-blocking socket `s` until the peer has taken
+    nothing for 1 s, all is sent, or time.monotonic() passes `deadline`;
+    tick() after each try (e.g. to sample the shim's memory). Bytes sent."""
+    sent, stalled = 0, None
+    while sent < len(data) and time.monotonic() < deadline:
+        try:
+            sent += s.send(data[sent:sent + 65536])
+            stalled = None
+        except BlockingIOError:
+            if stalled is None:
+                stalled = time.monotonic()
+            elif time.monotonic() - stalled > 1.0:
+                break
+            select.select([], [s], [], 0.05)
+        if tick is not None:
+            tick()
+    return sent
 
 
 def read_frame(s):
