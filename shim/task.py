@@ -14,7 +14,7 @@ from shim import errors, execs, jsonlite, options
 from shim.container import Container
 from shim.errors import already_exists, failed_precondition, invalid_argument, not_found
 from shim.exits import ExitRouter
-from shim.loop import get_loop
+from shim.loop import Future, get_loop
 from shim.pb import events as ev
 from shim.pb import task as pb
 from shim.pb import wkt
@@ -79,6 +79,7 @@ class TaskService:
         self.shutdown_cb = shutdown_cb
         self.shutdown_asked = False     # Shutdown came while tasks remained
         self.created = False        # a Create succeeded once (serve's idle exit)
+        self.creating = {}          # id -> Future done when its Create in flight returns
         self.closing = False        # the shim is exiting (set by serve)
         reaper.on_exit = self.exits.on_exit
 
@@ -141,11 +142,15 @@ class TaskService:
         # Reserve the id before the first await: a concurrent duplicate
         # Create must not touch this container's mounts.
         self.containers[cid] = c
+        settled = self.creating[cid] = Future()
         try:
             p = await c.create_init(req)
         except BaseException:
             del self.containers[cid]
             raise
+        finally:
+            del self.creating[cid]
+            settled.set_result(None)
         self.created = True
         self._publish("/tasks/create", ev.TaskCreate(
             container_id=cid, bundle=req.bundle, rootfs=list(req.rootfs),
@@ -233,6 +238,13 @@ class TaskService:
         return EMPTY
 
     async def pids(self, req, ctx):
+        # A restarted containerd (2.x) asks Pids to tell a shim serving a
+        # task from one leaked between `start` and Create, which it deletes:
+        # a Create still in flight is answered once settled (as the Go shim
+        # before 2.3 did), or the task it makes would be left to nobody.
+        settled = self.creating.get(req.id)
+        if settled is not None:
+            await settled
         c = self._container(req.id)
         from shim.pb import types
         out = []

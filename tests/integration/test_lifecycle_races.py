@@ -169,9 +169,11 @@ def test_exec_racing_init_exit(containerd, runtime, shim):
 
 def test_requests_racing_slow_create(containerd, runtime, shim):
     """While Create waits in `runc create`, the container does not exist:
-    State, Pids, Kill, Start, Exec and Delete answer NotFound and Connect
-    no task pid, never an internal error; then Create completes as usual
-    (as the Go shim of containerd 2.3+)."""
+    State, Kill, Start, Exec and Delete answer NotFound and Connect no task
+    pid, never an internal error; then Create completes as usual (as the Go
+    shim of containerd 2.3+). Pids alone waits for the Create: a restarted
+    containerd asks it to tell a leaked shim from one with a task (the Go
+    shim of 2.3+ answers NotFound, and is then deleted as leaked)."""
     if runtime == GO_RUNTIME and containerd.version < (2, 3, 0):
         pytest.skip("the Go shim before containerd 2.3 holds its service lock through "
                     "Create: requests wait for it")
@@ -180,7 +182,8 @@ def test_requests_racing_slow_create(containerd, runtime, shim):
     create = shim.send("Create", pb.CreateTaskRequest(
         id=id, bundle=shim.bundle(id, ["sleep", "3600"]), options=opts))
     wait_file(os.path.join(shim.dir, "create-ready-1"))
-    for method, req in (("State", pb.StateRequest(id=id)), ("Pids", pb.PidsRequest(id=id)),
+    pids = shim.send("Pids", pb.PidsRequest(id=id))
+    for method, req in (("State", pb.StateRequest(id=id)),
                         ("Kill", pb.KillRequest(id=id, signal=9)),
                         ("Start", pb.StartRequest(id=id)),
                         ("Exec", pb.ExecProcessRequest(id=id, exec_id="e",
@@ -195,6 +198,11 @@ def test_requests_racing_slow_create(containerd, runtime, shim):
     open(os.path.join(shim.dir, "create-go"), "w").close()
     code, created = shim.reply(create, pb.CreateTaskResponse)
     assert code == 0 and created.pid > 0, created
+    code, r = shim.reply(pids, pb.PidsResponse)
+    if runtime == GO_RUNTIME:
+        assert code == NOT_FOUND, (code, r)
+    else:
+        assert (code, [p.pid for p in r.processes]) == (0, [created.pid]), (code, r)
     st = shim.call("State", pb.StateRequest(id=id), pb.StateResponse)
     assert (st.status, st.pid) == (1, created.pid)
     assert shim.call("Connect", pb.ConnectRequest(id=id), pb.ConnectResponse).task_pid \
@@ -204,10 +212,10 @@ def test_requests_racing_slow_create(containerd, runtime, shim):
 def test_state_pids_kill_connect_during_slow_create_answer_consistently(containerd, runtime,
                                                                          shim):
     """State, Pids, Kill and Connect sent while Create waits in `runc create`,
-    on every containerd and both shims: each answer is NotFound (pyshim, the
-    Go shim of containerd 2.3+) or, where the shim makes them wait for Create
-    (the Go shim before 2.3), one that agrees with the created task; never an
-    internal or unknown error."""
+    on every containerd and both shims: each answer is NotFound (pyshim but
+    for Pids, the Go shim of containerd 2.3+) or, where the shim makes them
+    wait for Create (pyshim's Pids, the Go shim before 2.3), one that agrees
+    with the created task; never an internal or unknown error."""
     id = "race-create-all"
     opts = any_of(runc_pb.Options(binary_name=holding_runc(shim.dir, "create")))
     create = shim.send("Create", pb.CreateTaskRequest(

@@ -85,6 +85,7 @@ class Outcome:
         self.created_removed = 0        # CREATED (containerd died before Start); removable
         self.broken = []                # a task that is neither of these
         self.orphans = []               # shims serving no task after the idle bound
+        self.orphan_log = []            # containerd's log lines about pyshim's orphans
         self.debris = []                # what a container without task left
         self.left = {}                  # leak accounting after removing everything
         self.problems = []              # the private containerd's own cleanup check
@@ -110,6 +111,10 @@ def run_rounds(c, runtime, out):
             tasks = c.tasks()
             stray = [(p, _flag(a, "id")) for p, a in c.shims() if _flag(a, "id") not in tasks]
         out.orphans += stray
+        if runtime == PY_RUNTIME:       # what containerd said of them, for the report
+            out.orphan_log += [line for line in c.log_text().splitlines()
+                               if any('id=%s ' % id in line or '"%s"' % id in line
+                                      for _p, id in stray)]
         for id in ids:
             st = tasks.get(id, (0, None))[1]
             if st == "RUNNING":
@@ -196,7 +201,7 @@ def test_no_shim_left_after_the_idle_bound(crash_outcome):
     if runtime != PY_RUNTIME:
         pytest.skip("the Go shim has no idle-exit bound: %d orphans recorded"
                     % len(out.orphans))
-    assert not out.orphans, out.orphans
+    assert not out.orphans, "%s\n%s" % (out.orphans, "\n".join(out.orphan_log[-40:]))
 
 
 def test_nothing_left_once_everything_is_removed(crash_outcome):

@@ -64,6 +64,7 @@ container's cgroup is. cleanup() stops the test's slices (systemd).
 
 stdlib only (CRI mode: plus grpcio, imported lazily); needs root.
 """
+import hashlib
 import itertools
 import json
 import os
@@ -534,23 +535,30 @@ class Containerd:
                                     name.replace("-", "_"))
         return "/%s/%s" % (self.cri_cgroup_root, name)
 
-    def run_args(self, runtime, id):
+    def run_args(self, runtime, id, binary=None):
         """`ctr run` arguments for PYSHIM_TEST_RUNC / PYSHIM_TEST_CGROUP_DRIVER
-        (module docstring); [] with the defaults."""
+        (module docstring); [] with the defaults. `binary`: another runc
+        (a test's wrapper) instead."""
         args = []
         if systemd_cgroup():
             args += ["--cgroup", "%s:ctr:%s" % (self.slice, id)]
-        elif runc_is_default():
+        elif runc_is_default() and binary is None:
             return args
+        opts = dict(self.runc_options)
+        if binary is not None:
+            opts["BinaryName"] = binary
         if runtime == GO_RUNTIME:
-            args += ["--runc-binary", self.runc_options["BinaryName"]]
+            args += ["--runc-binary", opts["BinaryName"]]
             if systemd_cgroup():
                 args.append("--runc-systemd-cgroup")
         else:
-            path = os.path.join(self.dir, "ctr-runc-options.toml")
+            name = "ctr-runc-options.toml"
+            if binary is not None:
+                name = "ctr-runc-options-%s.toml" % hashlib.sha1(binary.encode()).hexdigest()[:12]
+            path = os.path.join(self.dir, name)
             if not os.path.exists(path):
                 with open(path, "w") as f:
-                    f.write(_toml_table(self.runc_options))
+                    f.write(_toml_table(opts))
             args += ["--runtime-config-path", path]
         return args
 

@@ -326,3 +326,31 @@ def test_create_refused_once_the_shim_is_exiting(svc):
         run(svc.create(pb.CreateTaskRequest(id="c2", bundle="/nonexistent-bundle"), None))
     assert (e.value.code, e.value.message) == (9, "shim is shutting down: failed precondition")
     assert "c2" not in svc.containers
+
+
+def test_pids_waits_for_the_create_in_flight(svc, monkeypatch):
+    """Pids of a container whose Create is in flight is answered once that
+    Create has settled (a restarted containerd judges a shim leaked by it):
+    here the Create fails, so NotFound, and only then."""
+    order = []
+
+    async def failing_create_init(self, req):
+        await sleep(0.05)
+        order.append("create failed")
+        raise RuntimeError("runc create failed")
+    monkeypatch.setattr(Container, "create_init", failing_create_init)
+
+    async def pids():
+        try:
+            await svc.pids(pb.PidsRequest(id="c2"), None)
+        except TTRPCError as e:
+            order.append(("pids", e.code))
+
+    create = loop.spawn(svc.create(pb.CreateTaskRequest(id="c2", bundle="/nonexistent-bundle"),
+                                   None))
+    asked = loop.spawn(pids())
+    with pytest.raises(RuntimeError):
+        loop.run_until_complete(create, timeout=5)
+    loop.run_until_complete(asked, timeout=5)
+    assert order == ["create failed", ("pids", 5)]
+    assert svc.creating == {} and "c2" not in svc.containers
