@@ -67,6 +67,31 @@ def test_spawn_child_has_clean_signal_mask(reaper):
     assert line.split()[1] == b"0000000000000000"
 
 
+def test_spawn_keeps_the_parents_mask_and_handlers(reaper):
+    """spawn vforks: the signals it blocks around vfork are unblocked again
+    in the parent, its handlers stay; the child keeps ignoring what the
+    parent ignores (as after fork+exec), SIGPIPE aside (default)."""
+    import signal
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    handler = signal.signal(signal.SIGUSR2, lambda *a: None)
+    ignored = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        r, w = os.pipe()
+        pid = spawn_sh("grep SigIgn /proc/self/status", [None, w, None])
+        os.close(w)
+        run(_await(reaper.watch(pid)))
+        line = os.read(r, 200)
+        os.close(r)
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == blocked
+        assert signal.getsignal(signal.SIGUSR2) is not signal.SIG_DFL
+        ign = int(line.split()[1], 16)
+        assert ign & (1 << (signal.SIGHUP - 1))
+        assert not ign & (1 << (signal.SIGPIPE - 1))
+    finally:
+        signal.signal(signal.SIGUSR2, handler)
+        signal.signal(signal.SIGHUP, ignored)
+
+
 F_GETPIPE_SZ = 1032
 
 
