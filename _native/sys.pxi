@@ -619,7 +619,7 @@ def spawn(path, argv, env, fds, cwd=None, bint new_pgrp=False, bint new_session=
         if pid < 0:
             close(errpipe[0])
             close(errpipe[1])
-            raise OSError(err, "fork")
+            raise OSError(err, "vfork")
         close(errpipe[1])
         while True:
             n = read(errpipe[0], &err, sizeof(int))
