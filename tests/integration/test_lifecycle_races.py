@@ -6,7 +6,6 @@ wrapper (Options.binary_name) that holds one runc step until the test lets
 it go, so each window is as wide as the test wants."""
 import json
 import os
-import shutil
 import time
 
 import pytest
@@ -16,7 +15,7 @@ from shim.pb import runc as runc_pb
 from shim.pb import task as pb
 from shim.pb import wkt
 from support.containerd import GO_RUNTIME
-from support.helpers import address_of
+from support.helpers import address_of, holding_runc, wait_file
 
 pytestmark = pytest.mark.integration
 
@@ -26,33 +25,6 @@ NOT_FOUND, FAILED_PRECONDITION = 5, 9
 
 def any_of(msg):
     return wkt.Any(type_url=msg.FULL_NAME, value=msg.encode())
-
-
-def holding_runc(dir, step):
-    """A runc wrapper that, for `runc <step>`, creates dir/<step>-ready-<n>
-    and waits for dir/<step>-go before running the real runc."""
-    path = os.path.join(dir, "runc-hold")
-    with open(path, "w") as f:
-        f.write("""#!/bin/sh
-for a in "$@"; do
-  if [ "$a" = %(step)s ]; then
-    n=1; while [ -e %(dir)s/%(step)s-ready-$n ]; do n=$((n+1)); done
-    : > %(dir)s/%(step)s-ready-$n
-    while [ ! -e %(dir)s/%(step)s-go ]; do sleep 0.05; done
-    break
-  fi
-done
-exec %(runc)s "$@"
-""" % {"step": step, "dir": dir, "runc": shutil.which("runc")})
-    os.chmod(path, 0o755)
-    return path
-
-
-def wait_file(path, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline, "%s never appeared" % path
-        time.sleep(0.02)
 
 
 class Shim:

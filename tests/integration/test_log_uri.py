@@ -14,7 +14,7 @@ from shim import ttrpc_client
 from shim.pb import task as pb
 from shim.pb import wkt
 from support.containerd import PY_RUNTIME, pid_alive, task_service, wait_pids_gone
-from support.helpers import address_of
+from support.helpers import address_of, wait_file
 
 TASK = task_service()
 
@@ -80,13 +80,6 @@ def logger(tmp_path):
     path.write_text(LOGGER % {"python": sys.executable})
     path.chmod(0o755)
     return str(path)
-
-
-def wait_file(path, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline, "%s did not appear" % path
-        time.sleep(0.05)
 
 
 def read(path):

@@ -25,7 +25,7 @@ from shim.pb import wkt
 from support.bundle import busybox_rootfs, write_bundle
 from support.containerd import PY_RUNTIME, kill_pids, pid_alive, shim_processes, \
     wait_pids_gone
-from support.helpers import address_of, wait_status
+from support.helpers import address_of, holding_runc, wait_file, wait_status
 from support.shimwire import send_until_stalled
 
 pytestmark = pytest.mark.integration
@@ -324,18 +324,14 @@ def test_containerd_killed_with_a_create_in_flight(fresh_containerd, make_cid, r
     c = fresh_containerd
     image = c.import_image()
     cid = make_cid()
-    held, go = str(tmp_path / "create-held"), str(tmp_path / "create-go")
-    runc = wrapper(str(tmp_path), "create", ": > %s\nwhile [ ! -e %s ]; do sleep 0.05; done"
-                   % (held, go))
+    go = str(tmp_path / "create-go")
+    runc = holding_runc(str(tmp_path), "create")
     run = c.ctr_popen("run", "-d", "--runtime", runtime, *c.run_args(runtime, cid, runc),
                       image, cid, "sleep", "3600", stdin=subprocess.DEVNULL,
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     release = threading.Timer(2.0, lambda: open(go, "w").close())
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(held):
-            assert time.monotonic() < deadline and run.poll() is None, "runc create never ran"
-            time.sleep(0.02)
+        wait_file(str(tmp_path / "create-ready-1"), timeout=30)
         shims = [p for p, _a in c.shims(id=cid)]
         assert len(shims) == 1, shims
         c.proc.kill()

@@ -3,6 +3,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -78,3 +79,31 @@ def ctr_events(c, settle=0.5):
             ev.kill()
             out, _ = ev.communicate()
         got.append(out)
+
+
+def wait_file(path, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, "%s never appeared" % path
+        time.sleep(0.02)
+
+
+def holding_runc(dir, step):
+    """A runc wrapper (Options.binary_name) that, for `runc <step>`, creates
+    dir/<step>-ready-<n> and waits for dir/<step>-go before running the real
+    runc."""
+    path = os.path.join(dir, "runc-hold")
+    with open(path, "w") as f:
+        f.write("""#!/bin/sh
+for a in "$@"; do
+  if [ "$a" = %(step)s ]; then
+    n=1; while [ -e %(dir)s/%(step)s-ready-$n ]; do n=$((n+1)); done
+    : > %(dir)s/%(step)s-ready-$n
+    while [ ! -e %(dir)s/%(step)s-go ]; do sleep 0.05; done
+    break
+  fi
+done
+exec %(runc)s "$@"
+""" % {"step": step, "dir": dir, "runc": shutil.which("runc")})
+    os.chmod(path, 0o755)
+    return path

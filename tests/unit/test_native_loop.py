@@ -56,15 +56,20 @@ async def _await(f):
     return await f
 
 
-def test_spawn_child_has_clean_signal_mask(reaper):
-    # The loop blocks SIGCHLD for its signalfd; children must not inherit it.
+def child_status(reaper, field):
+    """`field` of /proc/self/status in a spawned child (hex bytes)."""
     r, w = os.pipe()
-    pid = spawn_sh("grep SigBlk /proc/self/status", [None, w, None])
+    pid = spawn_sh("grep %s /proc/self/status" % field, [None, w, None])
     os.close(w)
     run(_await(reaper.watch(pid)))
     line = os.read(r, 200)
     os.close(r)
-    assert line.split()[1] == b"0000000000000000"
+    return line.split()[1]
+
+
+def test_spawn_child_has_clean_signal_mask(reaper):
+    # The loop blocks SIGCHLD for its signalfd; children must not inherit it.
+    assert child_status(reaper, "SigBlk") == b"0000000000000000"
 
 
 def test_spawn_keeps_the_parents_mask_and_handlers(reaper):
@@ -76,15 +81,9 @@ def test_spawn_keeps_the_parents_mask_and_handlers(reaper):
     handler = signal.signal(signal.SIGUSR2, lambda *a: None)
     ignored = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        r, w = os.pipe()
-        pid = spawn_sh("grep SigIgn /proc/self/status", [None, w, None])
-        os.close(w)
-        run(_await(reaper.watch(pid)))
-        line = os.read(r, 200)
-        os.close(r)
+        ign = int(child_status(reaper, "SigIgn"), 16)
         assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == blocked
         assert signal.getsignal(signal.SIGUSR2) is not signal.SIG_DFL
-        ign = int(line.split()[1], 16)
         assert ign & (1 << (signal.SIGHUP - 1))
         assert not ign & (1 << (signal.SIGPIPE - 1))
     finally:
