@@ -1,6 +1,8 @@
 """Starting the serving process for `start`: fork it (the installed
-launcher) or spawn a fresh interpreter (development), detach it, then move
-it into Options.shim_cgroup and give it the OOM score Go's shims get.
+launcher), become it once start has answered (a start in the template
+process: serve_here), or spawn a fresh interpreter (development); detach
+it, then move it into Options.shim_cgroup and give it the OOM score Go's
+shims get.
 
     pid = serve_process(flags, sock, bundle, debug, env_add, self_path)
     join_cgroup(pid, "/pods/x")
@@ -27,6 +29,10 @@ OOM_PARENT = None
 SHOW_ENVIRON = False
 # Set in the template process: this `start` is a fork of the template.
 IN_TEMPLATE = False
+# In the template, the `start` becomes the serving process itself once it
+# has answered (serve_here), instead of forking one: (flags, listening fd,
+# debug) from serve_process until then.
+_serve_here = None
 
 
 def serve_flags(flags, debug):
@@ -44,6 +50,8 @@ def serve_process(flags, sock, bundle, debug, env_add, self_path=None, fresh=Fal
     The caller still owns (and closes) sock. fresh: a new interpreter even
     where a fork would do (the template is turned off for this runtime)."""
     if sys.flags.no_site and not fresh:
+        if IN_TEMPLATE:
+            return _prepare_serve_here(flags, sock, debug, env_add)
         # The installed launcher (python -I -S): fork, no second start-up.
         return _fork_serve(flags, sock, debug, env_add)
     if IN_TEMPLATE:
@@ -121,6 +129,69 @@ def _fork_serve(flags, sock, debug, env_add):
         os.close(ready_w)
         lfd = sock.detach()
         os.set_inheritable(lfd, False)
+        os.closerange(3, lfd)
+        os.closerange(lfd + 1, 1 << 16)
+        loop = sys.modules.get("shim.loop")
+        if loop is not None:
+            loop.renew()    # forked from the template: its epoll fd is closed now
+        flags.debug = debug
+        flags.action = ""
+        from shim import serve
+        serve.serve(flags, lfd)
+        code = 0
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _prepare_serve_here(flags, sock, debug, env_add):
+    """In the template's `start` (itself a fork of the template, and no
+    child of it): this process is the serving one. A third process would
+    cost a fork and copy once more every page the start has written; this
+    one is already detached from the template, so it only has to finish the
+    start (cgroup, OOM score, the answer) and then serve_here(). Until then
+    it shows its serve argv (as a forked serving process does before start
+    answers) and defers the signals serve reads. Returns our pid."""
+    global _serve_here
+    import _signal
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {SIGTERM, SIGINT, SIGUSR1})
+    os.environ.update(env_add)
+    argv0 = invoked_as()
+    if argv0:
+        show_name([argv0] + serve_flags(flags, debug), shown_environ())
+    _serve_here = (flags, os.dup(sock.fileno()), debug)     # the caller closes sock
+    return os.getpid()
+
+
+def will_serve_here():
+    return _serve_here is not None
+
+
+def cancel_serve_here():
+    """The start failed after serve_process: this process does not serve."""
+    global _serve_here
+    if _serve_here is not None:
+        os.close(_serve_here[1])
+        _serve_here = None
+
+
+def detach_here():
+    """Before the start's answer reaches its caller: a new session, and
+    the caller's stdio let go (containerd reads start's stdout to EOF)."""
+    os.setsid()
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def serve_here():
+    """Serve on the socket serve_process prepared (after detach_here and the
+    answer); never returns."""
+    flags, lfd, debug = _serve_here
+    code = 1
+    try:
         os.closerange(3, lfd)
         os.closerange(lfd + 1, 1 << 16)
         loop = sys.modules.get("shim.loop")

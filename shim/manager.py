@@ -203,7 +203,9 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
             launch.join_cgroup(pid, opts["shim_cgroup"])
         launch.adjust_oom_score(pid)
     except BaseException:
-        if pid:
+        if launch.will_serve_here():
+            launch.cancel_serve_here()      # pid is ours (the template's start)
+        elif pid:
             try:
                 os.kill(pid, SIGKILL)
                 os.waitpid(pid, 0)

@@ -6,15 +6,17 @@ those modules are shared by every shim forked from it.
 Started by the first `start` that finds none (shim.template_client.spawn);
 listens on <shim socket dir>/pyshim-template-<build id> (0600 in a 0700
 dir; only uid 0 is served, checked with SO_PEERCRED). For each request
-(protocol: shim/template_client.py) it forks a child that takes
-the caller's stdio, cwd, environment, argv, cgroups, OOM score, rlimits,
-umask, nice value and CPU affinity, and runs today's `start` from there
-(shim.cli.run): it forks the serving process as a Python `start` would, so
-that process is exactly what a `start` makes without the template, and
-the serving process is no child of the template. The template ignores
-SIGCHLD, so the kernel reaps its `start` children: it never waits on one
-and no zombie is left. It holds no container state: killing it loses
-nothing.
+(protocol: shim/template_client.py) it forks a child, which forks the
+process that serves the request and exits: that one is no child of the
+template. It takes the caller's stdio, cwd, environment, argv, cgroups,
+OOM score, rlimits, umask, nice value and CPU affinity, runs today's
+`start` (shim.cli.run) and, once that has answered, is itself the serving
+process (shim.launch.serve_here): what a `start` makes without the
+template (own session, stdio on /dev/null, its serve argv shown), without
+a third fork that would copy once more every page the start wrote. The
+template ignores SIGCHLD, so the kernel reaps its children: it never
+waits on one and no zombie is left. It holds no container state: killing
+it loses nothing.
 
 It exits when its socket is gone or replaced, or when the installed build
 is no longer its own (a new `pip install`: the next start spawns the new
@@ -174,15 +176,19 @@ def _dispatch(listener, conn):
     if os.fork() == 0:
         code = 1
         try:
-            # As any start: it may wait for the serving process it forks,
-            # and it leads its own process group (containerd starts it so;
-            # SCHED_CORE's cookie goes to the start's whole group, which
-            # must not be the template's).
-            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            # A group of its own, as containerd starts a `start` (SCHED_CORE's
+            # cookie goes to the start's whole group, which must not be the
+            # template's); its leader exits at once, so the start, which
+            # becomes the serving process, is no child of ours.
             os.setpgid(0, 0)
-            listener.close()
-            conn.settimeout(None)
-            code = serve_request(conn, peer)
+            if os.fork():
+                code = 0
+            else:
+                # As any start: it may wait for a process it runs.
+                _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+                listener.close()
+                conn.settimeout(None)
+                code = serve_request(conn, peer)
         finally:
             os._exit(code)
 
@@ -248,10 +254,19 @@ def serve_request(conn, peer):
         code = cli.run(argv[1:], template=False)
     except BaseException:
         code = 1
+    serve = launch.will_serve_here()
+    if serve and code:
+        launch.cancel_serve_here()
+        serve = False
+    if serve:
+        launch.detach_here()    # the answer is on the caller's stdout: let go of it
     try:
         conn.sendall(b"X%d\n" % code)
     except OSError:
         pass
+    conn.close()
+    if serve:
+        launch.serve_here()     # the serving process from here on (never returns)
     return code
 
 

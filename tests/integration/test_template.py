@@ -140,6 +140,10 @@ def test_started_from_the_template_as_without_it(cd, own_template):
     warm, cold = _serving_shim(on, "warm"), _serving_shim(off, "cold")
     assert _from_template(warm) and not _from_template(cold)
     assert own_template.pid not in _ancestors(warm)
+    # each leads a session of its own (the warm one is the start that
+    # answered, detached: launch.serve_here)
+    assert os.getsid(warm) == warm and os.getsid(cold) == cold
+    assert os.getpgid(warm) == warm and os.getpgid(cold) == cold
     assert os.readlink("/proc/%d/cwd" % warm) == on.bundle("warm")
     cw, cc = _context(warm), _context(cold)
     assert cw["env"] ^ cc["env"] == {b"PYSHIM_TEMPLATE"}     # what turned it off
