@@ -109,7 +109,6 @@ def _fork_serve(flags, sock, debug, env_add):
         finally:
             os.close(ready_r)
         return pid
-    code = 1
     try:
         # A SIGTERM that arrives before the loop reads signals must wait for
         # it (signalfd), not kill the shim before it removes its socket.
@@ -129,6 +128,16 @@ def _fork_serve(flags, sock, debug, env_add):
         os.close(ready_w)
         lfd = sock.detach()
         os.set_inheritable(lfd, False)
+    except BaseException:
+        os._exit(1)
+    _serve_forever(flags, lfd, debug)
+
+
+def _serve_forever(flags, lfd, debug):
+    """Serve on the listening socket lfd, every other fd closed, until the
+    shim's end; the process exits there."""
+    code = 1
+    try:
         os.closerange(3, lfd)
         os.closerange(lfd + 1, 1 << 16)
         loop = sys.modules.get("shim.loop")
@@ -190,22 +199,7 @@ def serve_here():
     """Serve on the socket serve_process prepared (after detach_here and the
     answer); never returns."""
     flags, lfd, debug = _serve_here
-    code = 1
-    try:
-        os.closerange(3, lfd)
-        os.closerange(lfd + 1, 1 << 16)
-        loop = sys.modules.get("shim.loop")
-        if loop is not None:
-            loop.renew()    # forked from the template: its epoll fd is closed now
-        flags.debug = debug
-        flags.action = ""
-        from shim import serve
-        serve.serve(flags, lfd)
-        code = 0
-    except BaseException:
-        code = 1
-    finally:
-        os._exit(code)
+    _serve_forever(flags, lfd, debug)
 
 
 ARGV0_ENV = "PYSHIM_ARGV0"
