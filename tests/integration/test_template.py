@@ -11,12 +11,15 @@ import os
 import resource
 import subprocess
 import threading
+import time
 
 import pytest
 
 from support import template
 from support.containerd import PY_RUNTIME, Containerd
 from support.helpers import wait_status
+
+from shim.sockets import socket_path
 
 pytestmark = pytest.mark.integration
 
@@ -212,6 +215,26 @@ def test_turned_off_by_the_runtime_options(cd, own_template, tmp_path):
     assert r.stdout == "from-fresh\n"
     _run_detached(c, "forked")          # no such key: the template's fork
     assert _from_template(_serving_shim(c, "forked"))
+    assert own_template.poll() is None
+
+
+def test_start_failing_after_its_socket_serves_nothing(cd, own_template, tmp_path):
+    """A start that fails once its socket is listening (here: the shim
+    cgroup of the runtime options does not exist) fails `ctr run` with the
+    reason and leaves nothing behind: the template's start serves only once
+    it has answered (launch.serve_here), and not after a failure."""
+    c = cd()
+    opts = tmp_path / "pyshim-options.toml"
+    opts.write_text('ShimCgroup = "/pyshim-test-no-such-cgroup-%d"\n' % os.getpid())
+    r = c.ctr("run", "-d", "--runtime", PY_RUNTIME, "--runtime-config-path", str(opts),
+              c.image, "nocg", "sleep", "600", check=False)
+    assert r.returncode != 0 and "failed to load cgroup" in r.stderr, r.stderr
+    time.sleep(0.5)
+    assert c.shims(id="nocg") == []
+    assert not os.path.exists(socket_path(c.address, c.namespace, "nocg"))
+    assert c.ctr("task", "ls", "-q").stdout.split() == []
+    c.ctr("container", "delete", "nocg", check=False)
+    assert _output(c, "after-nocg", "fine") == "fine\n"
     assert own_template.poll() is None
 
 
