@@ -13,6 +13,8 @@ the unix socket paths stay far below the 108-byte limit):
     c.sock, c.sock.ttrpc   grpc and ttrpc sockets (c.address, c.ttrpc_address)
     root/, state/          containerd --root / --state
     config.toml, containerd.log
+    tmp/                   containerd's $XDG_RUNTIME_DIR (its temp dirs, the
+                           shims' console dirs)
 
 Shim sockets are in /run/containerd/s/ (fixed by the shim contract; their
 name is a hash of address+namespace+id, so they cannot collide with another
@@ -443,6 +445,7 @@ class Containerd:
         self.address = os.path.join(self.dir, "c.sock")
         self.config_path = os.path.join(self.dir, "config.toml")
         self.log_path = os.path.join(self.dir, "containerd.log")
+        self.tmp_dir = os.path.join(self.dir, "tmp")     # containerd's XDG_RUNTIME_DIR
         self.path = os.pathsep.join(
             list(extra_path) + script_dirs()
             + [p for p in os.environ.get("PATH", "").split(os.pathsep) if p]
@@ -630,6 +633,11 @@ class Containerd:
                 del env[k]
         env["PATH"] = self.path
         env.update(QUIET_ENV)
+        # containerd's temp dirs (and the shims' console dirs) in ours, which
+        # cleanup removes: containerd 1.6 leaves the ctrd-checkpoint dir of
+        # every restore behind in $XDG_RUNTIME_DIR, else /tmp.
+        env["XDG_RUNTIME_DIR"] = self.tmp_dir
+        os.makedirs(self.tmp_dir, 0o700, exist_ok=True)
         self._logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [self.binary, "--config", self.config_path],
