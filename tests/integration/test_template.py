@@ -18,8 +18,7 @@ import pytest
 from support import template
 from support.containerd import PY_RUNTIME, Containerd
 from support.helpers import wait_status
-
-from shim.sockets import socket_path
+from support.leaks import socket_path
 
 pytestmark = pytest.mark.integration
 
@@ -231,7 +230,7 @@ def test_start_failing_after_its_socket_serves_nothing(cd, own_template, tmp_pat
     assert r.returncode != 0 and "failed to load cgroup" in r.stderr, r.stderr
     time.sleep(0.5)
     assert c.shims(id="nocg") == []
-    assert not os.path.exists(socket_path(c.address, c.namespace, "nocg"))
+    assert not os.path.exists(socket_path(c, "nocg"))
     assert c.ctr("task", "ls", "-q").stdout.split() == []
     c.ctr("container", "delete", "nocg", check=False)
     assert _output(c, "after-nocg", "fine") == "fine\n"
