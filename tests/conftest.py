@@ -134,6 +134,32 @@ def _end_templates():
         template.end(pid)
 
 
+@pytest.fixture(autouse=True)
+def _shim_sockets_left():
+    """A shim socket that appears in /run/containerd/s during a test and is
+    dead after it is a leak: said as a warning naming the test."""
+    d = "/run/containerd/s"
+    try:
+        before = set(os.listdir(d))
+    except OSError:
+        before = None
+    yield
+    if before is None:
+        return
+    import socket
+    import warnings
+    for name in set(os.listdir(d)) - before:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(os.path.join(d, name))
+        except ConnectionRefusedError:
+            warnings.warn("dead shim socket left in %s: %s" % (d, name), stacklevel=2)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+
 @pytest.fixture(scope="session")
 def containerd():
     c = _new_containerd()
