@@ -135,6 +135,11 @@ def main():
     import gc
     gc.collect()
     gc.freeze()     # the heap as forked: no collection touches (copies) its pages
+    if os.environ.get("PYSHIM_KSM", "1") != "0":
+        # Most pages a shim copies from us end byte-identical in every
+        # shim (the same code ran on the same heap): where ksmd runs they
+        # are then held once (docs/design.md, memory).
+        _native.share_identical_pages()
     build = client.build_id()
     listener.settimeout(CHECK_SECONDS)
     import _socket

@@ -144,6 +144,8 @@ def spawn():
             % pkg_dir)
     argv = [sys.executable, "-I", "-S", "-c", code]
     env = {"PATH": os.environ.get("PATH") or "/usr/sbin:/usr/bin:/sbin:/bin"}
+    if "PYSHIM_KSM" in os.environ:      # the node's choice (shim.template.main)
+        env["PYSHIM_KSM"] = os.environ["PYSHIM_KSM"]
     try:
         pid = os.fork()
     except OSError:

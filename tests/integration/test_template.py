@@ -183,6 +183,57 @@ def test_first_start_spawns_it_killed_mid_run(cd):
     template.end(pids[0])
 
 
+def _mergeable(pid):
+    """Names of pid's mappings offered to samepage merging (smaps "mg")."""
+    out, name = set(), None
+    for line in _read("/proc/%d/smaps" % pid).splitlines():
+        f = line.split()
+        if f and "-" in f[0] and ":" not in f[0]:
+            name = f[5] if len(f) > 5 else ""
+        elif f and f[0] == "VmFlags:" and "mg" in f[1:]:
+            out.add(name)
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/ksm"), reason="kernel without KSM")
+def test_shim_memory_offered_to_samepage_merging(cd, own_template):
+    """The template marks its heap, arenas and the interpreter's data
+    MERGEABLE: every shim forked from it has them marked (where ksmd runs,
+    what shims hold byte-identical is kept once); the container's
+    processes, exec'd, have nothing marked."""
+    c = cd()
+    _run_detached(c, "merge")
+    c.ctr("task", "exec", "-d", "--exec-id", "e1", "merge", "sleep", "600")
+    shim = _serving_shim(c, "merge")
+    for pid in (own_template.pid, shim):
+        marked = _mergeable(pid)
+        assert {"[heap]", ""} <= marked and any("python" in n for n in marked), marked
+    init = c.tasks()["merge"][0]
+    execd = [int(p) for p in _read("/proc/%d/task/%d/children" % (shim, shim)).split()]
+    assert init in execd and len(execd) == 2, execd
+    for pid in execd:
+        assert _mergeable(pid) == set(), pid
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/ksm"), reason="kernel without KSM")
+def test_samepage_merging_turned_off(cd):
+    """PYSHIM_KSM=0 in containerd's environment: the template the first
+    start spawns marks nothing, nor do the shims forked from it."""
+    for pid in template.pids():
+        template.end(pid)
+    c = cd({"PYSHIM_TEMPLATE": None, "PYSHIM_KSM": "0"})
+    _run_detached(c, "first")               # spawns the template
+    pids = template.wait_for(template.pids)
+    assert len(pids) == 1, pids
+    try:
+        _run_detached(c, "forked")
+        shim = _serving_shim(c, "forked")
+        assert _from_template(shim)
+        assert _mergeable(pids[0]) == set() and _mergeable(shim) == set()
+    finally:
+        template.end(pids[0])
+
+
 def test_disabled(cd):
     for pid in template.pids():
         template.end(pid)

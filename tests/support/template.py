@@ -63,16 +63,17 @@ def wait_for(cond, timeout=15.0):
     return cond()
 
 
-def start(preexec=None, pkg=None):
+def start(preexec=None, pkg=None, env=None):
     """Start a template as the tests' own child (its own session); returns
     the Popen once it listens (its pid is the template's). pkg: the dir
-    holding the `shim` package it runs (default: the installed one)."""
+    holding the `shim` package it runs (default: the installed one); env:
+    added to the PATH it gets, as containerd's environment would be."""
     pkg = pkg or os.path.dirname(os.path.dirname(template_client.__file__))
     code = ("import sys; sys.path.append(%r); from shim.template import main; main()" % pkg)
     p = subprocess.Popen([sys.executable, "-I", "-S", "-c", code], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True, preexec_fn=preexec, cwd="/",
-                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})})
     if not wait_for(lambda: p.pid in pids() and template_client.alive()):
         p.kill()
         p.wait(10)
