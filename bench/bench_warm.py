@@ -7,7 +7,7 @@ OUT/warm-containerd-X.Y.md and, when matplotlib is installed (`pip install
 
 Run (root, installed package, from the repo root):
     python bench/bench_warm.py [--runs 15] [--mem-n 1,10,50] [--out bench/report]
-                               [--rows run,loaded,exec,updown,pod,cpu,stdout,memory]
+                               [--rows run,loaded,exec,updown,pod,cpu,stdout,memory] [--ksm]
     PYSHIM_CONTAINERD_BIN=$(../shared/containerd-release/containerd-release 2.1) \\
         python bench/bench_warm.py            # the same on containerd 2.1
 
@@ -26,7 +26,9 @@ Rows:
   stdout   256 MiB through ctr (`dd bs=1M`), MB/s; and the shim's own copy:
            1 GiB to file:///dev/null, net MB/s
   memory   N detached containers per runtime: RSS / PSS / USS summed over
-           every process the runtime keeps alive (the template included) / N
+           every process the runtime keeps alive (the template included) / N;
+           with --ksm once more with ksmd running (the bench turns it on,
+           waits for 3 full scans, then puts /sys/kernel/mm/ksm/run back)
 """
 import argparse
 import concurrent.futures
@@ -304,8 +306,67 @@ def row_stdout(c, runs, res, run_ms):
     res["copy"] = interleaved(n, shim_copy)
 
 
-def row_memory(c, ns_list, res):
-    """{key: {n: {"rss","pss","uss"} MiB per container}}"""
+class Ksmd:
+    """The kernel's samepage merging (/sys/kernel/mm/ksm), run for the
+    memory row's second measurement and put back as found afterwards
+    (pages it merged unmerged if it was off)."""
+    DIR = "/sys/kernel/mm/ksm/"
+
+    def __init__(self):
+        self.was = self._get("run")
+        self.pid = next((int(d) for d in os.listdir("/proc") if d.isdigit()
+                         and _read_text("/proc/%s/comm" % d).strip() == "ksmd"), None)
+
+    def _get(self, name):
+        return _read_text(self.DIR + name).strip()
+
+    def _set(self, name, value):
+        with open(self.DIR + name, "w") as f:
+            f.write(value)
+
+    def merge(self, timeout=300.0):
+        """Run ksmd until 3 more full scans are done (the first sees a page,
+        the second merges it); returns the seconds that took."""
+        scans = int(self._get("full_scans"))
+        t0 = time.monotonic()
+        self._set("run", "1")
+        while int(self._get("full_scans")) < scans + 3:
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError("ksmd did not finish 3 scans in %.0f s" % timeout)
+            time.sleep(0.2)
+        return time.monotonic() - t0
+
+    def cpu_share(self, seconds=10.0):
+        """ksmd's CPU over `seconds` of the containers idling, share of a core."""
+        t0, c0 = time.monotonic(), _stat_cpu(self.pid, children=False)
+        time.sleep(seconds)
+        return (_stat_cpu(self.pid, children=False) - c0) / (time.monotonic() - t0)
+
+    def restore(self):
+        if self.was != "1":
+            self._set("run", "2")       # stop and unmerge all
+            self._set("run", self.was)
+
+
+def _read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _per_container(pids, n):
+    tot = memory.measure(pids)
+    m = {q: tot[q] / n / 1024.0 for q in ("rss", "pss", "uss")}
+    m["procs"] = tot["procs"]
+    return m
+
+
+def row_memory(c, ns_list, res, ksm=False):
+    """{key: {n: {"rss","pss","uss"} MiB per container}}; with ksm, also
+    {"ksm": the same with ksmd running, "ksm_s": seconds to merge,
+    "ksmd_cpu": its share of a core meanwhile} per n."""
     out = {k: {} for k, _ in RUNTIMES}
     for n in ns_list:
         for key, rt in RUNTIMES:
@@ -320,9 +381,15 @@ def row_memory(c, ns_list, res):
                 pids = memory.shim_pids(ns, c.address)
                 if key == "py":
                     pids += template.pids()
-                tot = memory.measure(pids)
-                out[key][n] = {q: tot[q] / n / 1024.0 for q in ("rss", "pss", "uss")}
-                out[key][n]["procs"] = tot["procs"]
+                out[key][n] = _per_container(pids, n)
+                if ksm:
+                    k = Ksmd()
+                    try:
+                        out[key][n]["ksm_s"] = k.merge()
+                        out[key][n]["ksm"] = _per_container(pids, n)
+                        out[key][n]["ksmd_cpu"] = k.cpu_share()
+                    finally:
+                        k.restore()
             finally:
                 memory.remove_namespace_containers(c, ns)
     res["memory"] = out
@@ -357,6 +424,24 @@ def report(res, meta, out_dir, mem_budget, tag):
                 lines.append("| %s per container, N=%d (template counted), MiB | %.2f | %.2f | "
                              "%.2fx | %s |" % (q.upper(), n, g, p, p / g,
                                                _verdict(p / g, ("<=", mem_budget[q]))))
+        for n in sorted(mem["go"]):
+            if "ksm" not in mem["py"][n]:
+                continue
+            for q in ("rss", "pss", "uss"):
+                g, p = mem["go"][n]["ksm"][q], mem["py"][n]["ksm"][q]
+                lines.append("| %s per container, N=%d, ksmd on, MiB | %.2f | %.2f | "
+                             "%.2fx | %s |" % (q.upper(), n, g, p, p / g,
+                                               _verdict(p / g, ("<=", mem_budget[q]))))
+    if mem and any("ksm" in v for v in mem["py"].values()):
+        lines += ["", "ksmd on: the kernel's samepage merging, turned on by the bench "
+                  "for those rows (`--ksm`) and off again after; pyshim offers its "
+                  "template's and shims' memory to it, the Go shim offers none. "
+                  "Seconds to merge (3 full scans) and ksmd's CPU while the containers "
+                  "idle, share of one core: " + "; ".join(
+                      "N=%d pyshim %.0f s, %.1f%% (Go %.1f%%)" % (
+                          n, mem["py"][n]["ksm_s"], 100 * mem["py"][n]["ksmd_cpu"],
+                          100 * mem["go"][n]["ksmd_cpu"])
+                      for n in sorted(mem["py"]) if "ksm" in mem["py"][n]) + "."]
     lines += ["", "Samples per row: %s." % ", ".join(
         "%s %d" % (k, len(res[k]["go"])) for k, *_ in ROWS if res.get(k))]
     plots = plot(res, out_dir, tag)
@@ -423,6 +508,9 @@ def main(argv=None):
     ap.add_argument("--mem-n", default="1,10,50")
     ap.add_argument("--rows", default="run,loaded,exec,updown,pod,cpu,stdout,memory")
     ap.add_argument("--out", default=os.path.join(_HERE, "report"))
+    ap.add_argument("--ksm", action="store_true",
+                    help="memory rows once more with the kernel's samepage merging "
+                    "(ksmd) turned on, then put back as found")
     a = ap.parse_args(argv)
     rows = set(a.rows.split(","))
     # Orphaned shims come to us (cpu_block); the template too, if we spawn it.
@@ -451,7 +539,8 @@ def main(argv=None):
                  ("stdout", lambda: row_stdout(c, a.runs, res, {
                      k: statistics.median(v) * 1e3 for k, v in res["run"].items()})),
                  ("pod", lambda: row_pod(a.runs, res)),
-                 ("memory", lambda: row_memory(c, [int(x) for x in a.mem_n.split(",")], res)),
+                 ("memory", lambda: row_memory(c, [int(x) for x in a.mem_n.split(",")], res,
+                                               a.ksm)),
                  # last: its load's writeback and page cache churn outlive
                  # it (the pod row, which came after it, read 1.13-1.19x
                  # there against 0.79-0.92x on its own)
