@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "tests"))
 
 import memory  # noqa: E402
 from support import template  # noqa: E402
+from support.ksm import Ksmd  # noqa: E402
 from support.containerd import (CRI_GO_HANDLER, CRI_PY_HANDLER, GO_RUNTIME,  # noqa: E402
                                 PY_RUNTIME, Containerd)
 
@@ -306,56 +307,6 @@ def row_stdout(c, runs, res, run_ms):
     res["copy"] = interleaved(n, shim_copy)
 
 
-class Ksmd:
-    """The kernel's samepage merging (/sys/kernel/mm/ksm), run for the
-    memory row's second measurement and put back as found afterwards
-    (pages it merged unmerged if it was off)."""
-    DIR = "/sys/kernel/mm/ksm/"
-
-    def __init__(self):
-        self.was = self._get("run")
-        self.pid = next((int(d) for d in os.listdir("/proc") if d.isdigit()
-                         and _read_text("/proc/%s/comm" % d).strip() == "ksmd"), None)
-
-    def _get(self, name):
-        return _read_text(self.DIR + name).strip()
-
-    def _set(self, name, value):
-        with open(self.DIR + name, "w") as f:
-            f.write(value)
-
-    def merge(self, timeout=300.0):
-        """Run ksmd until 3 more full scans are done (the first sees a page,
-        the second merges it); returns the seconds that took."""
-        scans = int(self._get("full_scans"))
-        t0 = time.monotonic()
-        self._set("run", "1")
-        while int(self._get("full_scans")) < scans + 3:
-            if time.monotonic() - t0 > timeout:
-                raise RuntimeError("ksmd did not finish 3 scans in %.0f s" % timeout)
-            time.sleep(0.2)
-        return time.monotonic() - t0
-
-    def cpu_share(self, seconds=10.0):
-        """ksmd's CPU over `seconds` of the containers idling, share of a core."""
-        t0, c0 = time.monotonic(), _stat_cpu(self.pid, children=False)
-        time.sleep(seconds)
-        return (_stat_cpu(self.pid, children=False) - c0) / (time.monotonic() - t0)
-
-    def restore(self):
-        if self.was != "1":
-            self._set("run", "2")       # stop and unmerge all
-            self._set("run", self.was)
-
-
-def _read_text(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
 def _per_container(pids, n):
     tot = memory.measure(pids)
     m = {q: tot[q] / n / 1024.0 for q in ("rss", "pss", "uss")}
@@ -387,7 +338,7 @@ def row_memory(c, ns_list, res, ksm=False):
                     try:
                         out[key][n]["ksm_s"] = k.merge()
                         out[key][n]["ksm"] = _per_container(pids, n)
-                        out[key][n]["ksmd_cpu"] = k.cpu_share()
+                        out[key][n]["ksmd_cpu"] = k.cpu_share(10.0)
                     finally:
                         k.restore()
             finally:
@@ -473,6 +424,10 @@ def plot(res, out_dir, tag):
             for key, name in (("go", "Go shim"), ("py", "pyshim")):
                 ns = sorted(mem[key])
                 ax.plot(ns, [mem[key][n][q] for n in ns], marker="o", label=name)
+            ns = sorted(n for n in mem["py"] if "ksm" in mem["py"][n])
+            if ns:
+                ax.plot(ns, [mem["py"][n]["ksm"][q] for n in ns], marker="o",
+                        linestyle="--", label="pyshim, ksmd on")
             ax.set_title("%s per container" % q.upper())
             ax.set_xlabel("containers (N)")
             if max(ns) >= 10 * min(ns):

@@ -18,6 +18,9 @@ template ignores SIGCHLD, so the kernel reaps its children: it never
 waits on one and no zombie is left. It holds no container state: killing
 it loses nothing.
 
+Its private writable memory is marked for the kernel's samepage merging
+once it is frozen; shims forked from it keep the marks (docs/design.md).
+
 It exits when its socket is gone or replaced, or when the installed build
 is no longer its own (a new `pip install`: the next start spawns the new
 build's template), checked between requests.
@@ -139,7 +142,10 @@ def main():
         # Most pages a shim copies from us end byte-identical in every
         # shim (the same code ran on the same heap): where ksmd runs they
         # are then held once (docs/design.md, memory).
-        _native.share_identical_pages()
+        try:
+            _native.share_identical_pages()
+        except OSError:         # no /proc: shims are as they were without
+            pass
     build = client.build_id()
     listener.settimeout(CHECK_SECONDS)
     import _socket
