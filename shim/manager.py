@@ -115,14 +115,21 @@ def bootstrap_params(data, flags):
 
 # BootstrapParams.log_level values at or below this mean debug logging.
 _LOG_LEVEL_DEBUG = -4
-# Task API version announced to containerd 2.3+ (both v2 and v3 are served).
+# Task API version announced to containerd 2.x (both v2 and v3 are served).
 TASK_API_VERSION = 3
 
 
-def start_reply(address, bp):
-    """What `start` prints: the plain address for containerd 1.6-2.2, a
-    BootstrapResult protobuf when containerd sent BootstrapParams (2.3+)."""
+def start_reply(address, bp, publish_binary=None):
+    """What `start` prints: a BootstrapResult protobuf when containerd sent
+    BootstrapParams (2.3+); JSON announcing version 3 to containerd 2.0-2.2,
+    as their Go shim answers (shim.containerd_binary says why); the plain
+    address to 1.6 and 1.7."""
     if bp is None:
+        from shim import containerd_binary
+        if containerd_binary.is_containerd_2(publish_binary):
+            from shim import jsonlite
+            return jsonlite.dumps({"version": TASK_API_VERSION, "address": address,
+                                   "protocol": "ttrpc"}).encode()
         return address.encode()
     from shim.pb import bootstrap
     return bootstrap.BootstrapResult(version=TASK_API_VERSION, address=address,
@@ -182,7 +189,7 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
     if sock is None:
         # A live shim already serves this group.
         write_address(bundle, address)
-        write_all(1, start_reply(address, bp))
+        write_all(1, start_reply(address, bp, flags.publish_binary))
         return 0
     pid = 0
     try:
@@ -218,7 +225,7 @@ def do_start(flags, self_path=None, socket_dir=SOCKET_DIR, stdin_data=None):
         sock.close()
         raise
     sock.close()
-    write_all(1, start_reply(address, bp))
+    write_all(1, start_reply(address, bp, flags.publish_binary))
     return 0
 
 

@@ -41,6 +41,7 @@ WARM_MODULES = ("shim.cli", "shim.manager", "shim.launch", "shim.serve", "shim.t
                 "shim.container", "shim.execs", "shim.options", "shim.runc", "shim.mount",
                 "shim.cgroups", "shim.io", "shim.jsonlite", "shim.pb.task", "shim.pb.types",
                 "shim.pb.events", "shim.pb.wkt", "shim.pb.runc", "shim.pb.bootstrap",
+                "shim.containerd_binary",
                 # the socket name's hash (shim/sockets.py): a dlopen per start otherwise
                 "_sha256")
 

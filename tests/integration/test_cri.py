@@ -317,6 +317,31 @@ def test_one_pod_three_containers_one_pyshim(containerd, pods):
         assert procs, "no process in the memory cgroup of %s" % cid
 
 
+@pytest.mark.parametrize("handler", [CRI_PY_HANDLER, CRI_GO_HANDLER])
+def test_pod_containers_join_the_sandbox_shim_as_go(containerd, pods, handler):
+    """containerd 2.x hands a pod's containers to the sandbox's shim
+    without running `start` for each when that shim announced version 3
+    (it then writes <bundle>/sandbox): both shims do, from 2.0 on (2.0-2.2
+    by the JSON reply, 2.3+ by BootstrapResult). 1.x runs `start` for each
+    and reads every reply as version 2."""
+    c = containerd
+    pod = pods.pod(handler)
+    ids = [pods.container(pod, SLEEP) for _ in range(2)]
+    v2 = c.version >= (2, 0, 0)
+    for id in [pod.id] + ids:
+        bundle = c.bundle(id, CRI_NAMESPACE)
+        if v2:
+            params = json.loads(read_text(os.path.join(bundle, "bootstrap.json")))
+            assert (params["version"], params["protocol"]) == (3, "ttrpc"), (id, params)
+        if id != pod.id:
+            sandbox = os.path.join(bundle, "sandbox")
+            assert (read_text(sandbox) if v2 else os.path.exists(sandbox)) == \
+                (pod.id if v2 else False), id
+    assert "downgrading client API version" not in c.log_text()
+    st = c.cri.container_status(ids[0])
+    assert st.state == CONTAINER_RUNNING, st
+
+
 def test_three_pods_three_pyshims(containerd, pods):
     c = containerd
     py = [pods.pod() for _ in range(3)]
