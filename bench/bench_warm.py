@@ -11,7 +11,8 @@ Run (root, installed package, from the repo root):
     PYSHIM_CONTAINERD_BIN=$(../shared/containerd-release/containerd-release 2.1) \\
         python bench/bench_warm.py            # the same on containerd 2.1
 
-Rows:
+Rows (latency rows: --runs interleaved Go/pyshim samples each; run,
+loaded, exec and pod, cheap and noisy, 3x that):
   run      `ctr run --rm IMAGE id true`, median ms
   loaded   the same with the machine loaded: a busy loop per core, a tar of
            /usr to /dev/null (page-cache churn) and an fsync'd writer
@@ -53,6 +54,7 @@ from support.containerd import (CRI_GO_HANDLER, CRI_PY_HANDLER, GO_RUNTIME,  # n
                                 PY_RUNTIME, Containerd)
 
 RUNTIMES = (("go", GO_RUNTIME), ("py", PY_RUNTIME))
+QUICK_ROWS_FACTOR = 3       # run, loaded, exec, pod: --runs x this
 PR_SET_CHILD_SUBREAPER = 36
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # (row, label, unit, budget): budget ("<=", x) or (">=", x) on pyshim/Go.
@@ -487,19 +489,23 @@ def main(argv=None):
         for key, rt in RUNTIMES:        # warm-up; the first pyshim start spawns the template
             run_true(c, rt, "warm-" + key)
         template.wait_for(template.pids)
-        steps = [("run", lambda: row_run(c, a.runs, res)),
-                 ("exec", lambda: row_exec(c, a.runs, res)),
+        # The single-lifecycle rows are cheap and move by +-20% between
+        # 15-sample runs here (exec: 17-46 ms for either shim), so they take
+        # 3x the samples.
+        quick = a.runs * QUICK_ROWS_FACTOR
+        steps = [("run", lambda: row_run(c, quick, res)),
+                 ("exec", lambda: row_exec(c, quick, res)),
                  ("cpu", lambda: row_cpu(c, a.runs, res)),
                  ("updown", lambda: row_updown(c, a.runs, res)),
                  ("stdout", lambda: row_stdout(c, a.runs, res, {
                      k: statistics.median(v) * 1e3 for k, v in res["run"].items()})),
-                 ("pod", lambda: row_pod(a.runs, res)),
+                 ("pod", lambda: row_pod(quick, res)),
                  ("memory", lambda: row_memory(c, [int(x) for x in a.mem_n.split(",")], res,
                                                a.ksm)),
                  # last: its load's writeback and page cache churn outlive
                  # it (the pod row, which came after it, read 1.13-1.19x
                  # there against 0.79-0.92x on its own)
-                 ("loaded", lambda: row_loaded(c, a.runs, res, scratch))]
+                 ("loaded", lambda: row_loaded(c, quick, res, scratch))]
         for name, fn in steps:
             if name in rows and (name != "stdout" or "run" in res):
                 t0 = time.monotonic()
@@ -519,7 +525,8 @@ def main(argv=None):
         "machine": "%d cores, %s, kernel %s" % (os.cpu_count() or 0, platform.machine(),
                                                 platform.release()),
         "load average (1 min) at start / end": "%.1f / %.1f" % (load0[0], os.getloadavg()[0]),
-        "runs per latency row (interleaved Go/pyshim)": str(a.runs),
+        "runs per latency row (interleaved Go/pyshim)": "%d (run, loaded, exec, pod: %d)" % (
+            a.runs, a.runs * QUICK_ROWS_FACTOR),
     }
     tag = "containerd-%d.%d" % c.version[:2]
     print(report(res, meta, a.out, {"rss": 0.8, "pss": 0.5, "uss": 0.75}, tag))
