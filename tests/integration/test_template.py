@@ -18,8 +18,9 @@ import pytest
 from support import template
 from support.containerd import GO_RUNTIME, PY_RUNTIME, Containerd
 from support.helpers import wait_status
-from support.ksm import Ksmd, merging_pages
+from support.ksm import Ksmd, mergeable_mappings, merging_pages
 from support.leaks import socket_path
+from support.shimwire import memory_kib
 
 pytestmark = pytest.mark.integration
 
@@ -185,15 +186,7 @@ def test_first_start_spawns_it_killed_mid_run(cd):
 
 
 def _mergeable(pid):
-    """Names of pid's mappings offered to samepage merging (smaps "mg")."""
-    out, name = set(), None
-    for line in _read("/proc/%d/smaps" % pid).splitlines():
-        f = line.split()
-        if f and "-" in f[0] and ":" not in f[0]:
-            name = f[5] if len(f) > 5 else ""
-        elif f and f[0] == "VmFlags:" and "mg" in f[1:]:
-            out.add(name)
-    return out
+    return mergeable_mappings(_read("/proc/%d/smaps" % pid))
 
 
 @pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/ksm"), reason="kernel without KSM")
@@ -217,10 +210,8 @@ def test_shim_memory_offered_to_samepage_merging(cd, own_template):
 
 
 def _uss(pid):
-    """Private memory of pid, kB (smaps_rollup)."""
-    lines = _read("/proc/%d/smaps_rollup" % pid).splitlines()[1:]     # after the range
-    f = dict(line.split(":", 1) for line in lines)
-    return sum(int(f[k].split()[0]) for k in ("Private_Clean", "Private_Dirty"))
+    m = memory_kib(pid)
+    return m["Private_Clean"] + m["Private_Dirty"]
 
 
 def test_identical_pages_kept_once_with_ksmd_running(cd, own_template):

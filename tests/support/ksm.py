@@ -7,6 +7,7 @@ and shims, a VM's if any), so turning ksmd on touches nothing else.
     k = Ksmd()            # k.available: KSM there and ours to turn on
     k.merge()             # ksmd on, until 3 more full scans are done
     merging_pages(pid)    # pages of pid kept once with another's
+    mergeable_mappings(open("/proc/PID/smaps").read())   # names of marked mappings
     k.restore()
 
 stdlib only.
@@ -24,6 +25,19 @@ def _read(path):
             return f.read()
     except OSError:
         return ""
+
+
+def mergeable_mappings(smaps):
+    """Names of the mappings in an smaps text whose VmFlags say "mg"
+    (madvise MERGEABLE): "" for anonymous ones."""
+    out, name = set(), None
+    for line in smaps.splitlines():
+        f = line.split()
+        if f and "-" in f[0] and ":" not in f[0]:      # a mapping's header line
+            name = f[5] if len(f) > 5 else ""
+        elif f and f[0] == "VmFlags:" and "mg" in f[1:]:
+            out.add(name)
+    return out
 
 
 def merging_pages(pid):

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from shim import template, template_client
+from support.ksm import mergeable_mappings
 
 SHIM_DIR = os.path.dirname(os.path.dirname(template.__file__))
 
@@ -70,18 +71,6 @@ def test_template_imports_stay_lean():
     assert r.stdout.strip() == "[]"
 
 
-def _mergeable(smaps):
-    """Names of the mappings whose VmFlags say "mg" (madvise MERGEABLE)."""
-    out, name = set(), None
-    for line in smaps.splitlines():
-        f = line.split()
-        if f and "-" in f[0] and ":" not in f[0]:
-            name = f[5] if len(f) > 5 else ""
-        elif f and f[0] == "VmFlags:" and "mg" in f[1:]:
-            out.add(name)
-    return out
-
-
 def _python(code):
     r = subprocess.run([sys.executable, "-I", "-S", "-c",
                         "import sys; sys.path.append(%r); from shim import _native; " % SHIM_DIR
@@ -96,7 +85,7 @@ def test_share_identical_pages_marks_private_writable_memory():
                   "print(open('/proc/self/smaps').read())")
     marked, smaps = out.split("\n", 1)
     assert int(marked) > 0
-    names = _mergeable(smaps)
+    names = mergeable_mappings(smaps)
     # the malloc heap, anonymous memory (Python's arenas), the interpreter's data
     assert "[heap]" in names and "" in names, names
     assert any("python" in n for n in names), names
@@ -106,7 +95,7 @@ def test_share_identical_pages_marks_private_writable_memory():
     forked = _python("_native.share_identical_pages(); import os; pid = os.fork(); "
                      "os.waitpid(pid, 0) if pid else "
                      "(print(open('/proc/self/smaps').read(), flush=True), os._exit(0))")
-    assert _mergeable(forked) == names
+    assert mergeable_mappings(forked) == names
     execd = _python("_native.share_identical_pages(); import os; "
                     "os.execv('/bin/cat', ['cat', '/proc/self/smaps'])")
-    assert "VmFlags" in execd and _mergeable(execd) == set()
+    assert "VmFlags" in execd and mergeable_mappings(execd) == set()
