@@ -2,10 +2,14 @@
 bench row: run ksmd until what is marked is merged, read what a process
 has merged, and put ksmd back as it was found (pages it merged unmerged if
 it was off). Only memory a process marked is scanned (pyshim's template
-and shims, a VM's if any), so turning ksmd on touches nothing else.
+and shims, a VM's if any), so turning ksmd on touches nothing else. A
+VM's memory can make a full scan long at ksmd's default rate (100 pages per
+20 ms): a test that only needs the merge done asks for a faster scan, which
+restore() puts back too.
 
     k = Ksmd()            # k.available: KSM there and ours to turn on
     k.merge()             # ksmd on, until 3 more full scans are done
+    k.merge(pages_to_scan=5000)   # the same, scanning faster (a test)
     merging_pages(pid)    # pages of pid kept once with another's
     mergeable_mappings(open("/proc/PID/smaps").read())   # names of marked mappings
     k.restore()
@@ -54,6 +58,7 @@ class Ksmd:
     def __init__(self):
         self.available = os.access(DIR + "run", os.W_OK)
         self.was = self._get("run") if self.available else None
+        self.rate_was = self._get("pages_to_scan") if self.available else None
         self.pid = next((int(d) for d in os.listdir("/proc") if d.isdigit()
                          and _read("/proc/%s/comm" % d).strip() == "ksmd"), None)
 
@@ -64,9 +69,12 @@ class Ksmd:
         with open(DIR + name, "w") as f:
             f.write(value)
 
-    def merge(self, timeout=300.0):
+    def merge(self, timeout=300.0, pages_to_scan=None):
         """Run ksmd until 3 more full scans are done (the first sees a page,
-        the second merges it); returns the seconds that took."""
+        the second merges it); returns the seconds that took. pages_to_scan:
+        pages per ksmd wake-up until restore() (default: as found)."""
+        if pages_to_scan is not None:
+            self._set("pages_to_scan", str(pages_to_scan))
         scans = int(self._get("full_scans"))
         t0 = time.monotonic()
         self._set("run", "1")
@@ -89,6 +97,8 @@ class Ksmd:
         return (self._cpu() - c0) / (time.monotonic() - t0)
 
     def restore(self):
+        if self.available and self._get("pages_to_scan") != self.rate_was:
+            self._set("pages_to_scan", self.rate_was)
         if self.available and self.was != "1":
             self._set("run", "2")       # stop and unmerge all
             self._set("run", self.was)
