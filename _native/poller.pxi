@@ -48,6 +48,7 @@ cdef extern from "<poll.h>" nogil:
         short events
         short revents
     int c_poll "poll"(pollfd *fds, unsigned long nfds, int timeout)
+    short POLLIN
     short POLLHUP
 
 cdef extern from "<unistd.h>" nogil:
@@ -74,12 +75,16 @@ cdef int _set_nonblock(int fd) nogil:
     return fcntl(fd, F_SETFL, fl | O_NONBLOCK)
 
 
-cdef bint _hung_up(int fd) noexcept nogil:
+cdef bint _ended(int fd) noexcept nogil:
+    """A pipe with no writer left and nothing left to read. POLLHUP alone
+    is not that: the writer may have written its last bytes and exited
+    since we found the pipe empty."""
     cdef pollfd p
     p.fd = fd
-    p.events = 0
+    p.events = POLLIN
     p.revents = 0
-    return c_poll(&p, 1, 0) == 1 and (p.revents & POLLHUP) != 0
+    return c_poll(&p, 1, 0) == 1 and (p.revents & POLLHUP) != 0 \
+        and (p.revents & POLLIN) == 0
 
 
 cdef class _FdWatch:
@@ -181,7 +186,7 @@ cdef class Copy:
                         spliced_again = True
                         continue
                     return self._wait(self.dst, EPOLLOUT)
-                if self.draining or _hung_up(self.src):
+                if self.draining or _ended(self.src):
                     # Empty, and no writer left: that is EOF (splice says
                     # EAGAIN when dst is full even then; waiting on the
                     # hung-up src would spin).

@@ -177,6 +177,68 @@ def test_copy_large_with_slow_reader(reaper):
     assert len(got) == c.copied == 8388608
 
 
+# Run traced: the copy's ioctl(FIONREAD) returns 300 ms late (strace's
+# delay injection), time in which the writer writes the rest and exits.
+_LATE_WRITER = r"""
+import os, sys
+from shim import _native
+from shim.loop import Future, get_loop, wait_for
+loop = get_loop()
+src_r, src_w = os.pipe()
+dst_r, dst_w = os.pipe()
+for fd in (src_r, dst_r):
+    _native.set_pipe_size(fd, 1 << 20)      # as io.py: the writer never blocks
+print(os.getpid(), flush=True)
+sys.stdin.read(1)                           # strace is attached now
+pid = _native.spawn("sh", ["sh", "-c", "printf A; sleep 0.1; head -c 99999 /dev/zero"],
+                    [b"PATH=/usr/bin:/bin"], [None, src_w, None])
+os.close(src_w)
+done = Future()
+c = loop.add_copy(src_r, dst_w, done.set_result)
+err = loop.run_until_complete(loop.spawn(wait_for(done, 10)), timeout=20)
+print(err, c.copied, flush=True)
+"""
+
+
+def test_copy_keeps_what_arrives_as_the_writer_hangs_up():
+    # The race behind a lost tail of output on a loaded node: the source
+    # pipe was empty (splice: EAGAIN, FIONREAD: 0), then the writer wrote
+    # its last bytes and exited before the copy asked whether it had hung
+    # up. A hung-up pipe still holding data is not the end of the copy
+    # (before the fix: "0 1", the 99999 bytes lost).
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    helper = subprocess.Popen([sys.executable, "-c", _LATE_WRITER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    tracer = None
+    try:
+        pid = int(helper.stdout.readline())
+        tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-e", "trace=ioctl",
+                                   "-e", "inject=ioctl:delay_exit=300000", "-p", str(pid)])
+        deadline = time.monotonic() + 10
+        while _tracer_pid(pid) == 0:
+            assert time.monotonic() < deadline, "strace did not attach"
+            time.sleep(0.01)
+        out, _ = helper.communicate("g", timeout=30)
+    finally:
+        for p in (helper, tracer):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert out.split() == ["0", "100000"], out
+
+
+def _tracer_pid(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1])
+    return 0
+
+
 def test_copy_to_a_device_that_cannot_be_polled(reaper):
     # splice(2) into /dev/null (opened without O_APPEND, as io.py does): a
     # splice that finds src empty, then data arriving before FIONREAD, looks
