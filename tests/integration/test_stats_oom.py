@@ -256,7 +256,10 @@ def test_oom_reported_before_exit(v1cg):
         loop.add_reader(pidfd, on_exit)
         os.write(go_w, b"go\n")
         assert spin(lambda: "exit" in order, 20), order
-        assert order == ["oom", "exit"]
+        # (the kernel may signal the eventfd again while its victim dies,
+        # and a loaded machine reads the two signals apart: seen once)
+        assert order[-1] == "exit" and order[:-1] and set(order[:-1]) == {"oom"}, order
+        seen = list(order)
         if status[0] is not None:
             assert os.WIFSIGNALED(status[0]) and os.WTERMSIG(status[0]) == 9
         with open(mem["memory"] + "/memory.oom_control") as f:
@@ -265,7 +268,7 @@ def test_oom_reported_before_exit(v1cg):
         # Removing the cgroup also wakes the eventfd: no OOM, the watch ends.
         os.rmdir(mem["memory"])
         assert spin(lambda: h.closed, 5)
-        assert order == ["oom", "exit"]
+        assert order == seen
     finally:
         os.close(go_w)
         if h is not None:
