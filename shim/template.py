@@ -150,30 +150,46 @@ def main():
     build = client.build_id()
     listener.settimeout(CHECK_SECONDS)
     import _socket
-    while True:
-        try:
-            fd, _ = listener._accept()
-            conn = _socket.socket(fileno=fd)
-        except TimeoutError:
-            if _inode(path) != me or _installed_build() != build:
+    # An operator's kill or a service stop: leave as when superseded,
+    # without the socket (the next start would find it dead and replace it).
+    for signum in (_signal.SIGTERM, _signal.SIGINT):
+        _signal.signal(signum, _terminate)
+    try:
+        while True:
+            try:
+                fd, _ = listener._accept()
+                conn = _socket.socket(fileno=fd)
+            except TimeoutError:
+                if _inode(path) != me or _installed_build() != build:
+                    break
+                continue
+            except InterruptedError:
+                continue
+            except OSError:
                 break
-            continue
-        except InterruptedError:
-            continue
-        except OSError:
-            break
-        try:
-            _dispatch(listener, conn)
-        except Exception:
-            pass
-        finally:
-            conn.close()
+            try:
+                _dispatch(listener, conn)
+            except Exception:
+                pass
+            finally:
+                conn.close()
+    except _Terminated:
+        pass
     if _inode(path) == me:
         try:
             os.unlink(path)
         except OSError:
             pass
     os._exit(0)
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGINT reached the template (not an Exception: _dispatch's
+    handler must not swallow it)."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
 
 
 def _dispatch(listener, conn):
@@ -188,6 +204,9 @@ def _dispatch(listener, conn):
     if os.fork() == 0:
         code = 1
         try:
+            # As before main() set them: a start's default dispositions.
+            for signum in (_signal.SIGTERM, _signal.SIGINT):
+                _signal.signal(signum, _signal.SIG_DFL)
             # A group of its own, as containerd starts a `start` (SCHED_CORE's
             # cookie goes to the start's whole group, which must not be the
             # template's); its leader exits at once, so the start, which

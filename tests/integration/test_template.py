@@ -9,6 +9,7 @@ extension mapped in it: the template loads it (to copy the caller's
 rlimits), a start without the template never does."""
 import os
 import resource
+import signal
 import subprocess
 import threading
 import time
@@ -183,6 +184,33 @@ def test_first_start_spawns_it_killed_mid_run(cd):
     _run_detached(c, "third")
     assert _from_template(_serving_shim(c, "third"))
     template.end(pids[0])
+
+
+def test_terminated_removes_its_socket(cd):
+    """SIGTERM (an operator's kill, a service stop): the template stops
+    serving, removes its socket and exits 0, as when a new install
+    supersedes it; running shims are not touched, the next start spawns a
+    new template. (Before: killed by the signal, its socket left behind.)"""
+    for pid in template.pids():
+        template.end(pid)
+    p = template.start()
+    try:
+        c = cd()
+        _run_detached(c, "before")
+        assert _from_template(_serving_shim(c, "before"))
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(10) == 0
+        assert not os.path.lexists(template.socket_path())
+        r = c.ctr("task", "exec", "--exec-id", "e1", "before", "echo", "still")
+        assert r.stdout == "still\n"
+        _run_detached(c, "after")
+        pids = template.wait_for(template.pids)
+        assert len(pids) == 1 and pids[0] != p.pid, pids
+        template.end(pids[0])
+    finally:
+        if p.poll() is None:
+            template.end(p.pid)
+        p.wait(10)
 
 
 def _mergeable(pid):
