@@ -49,6 +49,8 @@ cdef extern from "<poll.h>" nogil:
         short revents
     int c_poll "poll"(pollfd *fds, unsigned long nfds, int timeout)
     short POLLIN
+    short POLLOUT
+    short POLLERR
     short POLLHUP
 
 cdef extern from "<unistd.h>" nogil:
@@ -85,6 +87,23 @@ cdef bint _ended(int fd) noexcept nogil:
     p.revents = 0
     return c_poll(&p, 1, 0) == 1 and (p.revents & POLLHUP) != 0 \
         and (p.revents & POLLIN) == 0
+
+
+def pipe_unread(int fd):
+    """Bytes a pipe (or FIFO) holds unread, or -1 when no reader has it open
+    (fd: a write end; poll says POLLERR then)."""
+    cdef pollfd p
+    cdef int avail = 0
+    p.fd = fd
+    p.events = POLLOUT
+    p.revents = 0
+    if c_poll(&p, 1, 0) < 0:
+        raise OSError(errno, "poll")
+    if p.revents & POLLERR:
+        return -1
+    if ioctl(fd, FIONREAD, &avail) < 0:
+        raise OSError(errno, "FIONREAD")
+    return avail
 
 
 cdef class _FdWatch:

@@ -5,6 +5,11 @@ FIFOs so that nothing ever blocks and nothing is lost (spec io.md §3):
 stdout/stderr FIFOs O_RDWR (the shim is writer and keep-alive reader at
 once), stdin FIFO O_RDONLY|O_NONBLOCK plus a keep-alive O_WRONLY writer that
 only CloseIO drops. The bytes are moved by the native copier in the loop.
+An output whose copy ended still counts as pending (the exit event waits
+for it, wait_copied) until the client has read what the copy left in its
+FIFO, within FIFO_READ_BOUND: containerd 1.6's client closes its FIFOs
+when it deletes the task, before it reads them to the end, and lost the
+tail of the output whenever the exit came first (a loaded node).
 
 Terminal processes (a pty from runc): shim/io_tty.py, whose TerminalIO
 ProcessIO(..., terminal=True) returns. binary:// loggers: shim/io_logger.py.
@@ -14,9 +19,10 @@ importable from here.
 import os
 import sys
 from stat import S_ISREG as _S_ISREG   # loaded with os already
+from time import monotonic as _monotonic
 
 from shim import _native
-from shim.loop import Future, get_loop, wait_for
+from shim.loop import Future, get_loop, sleep, wait_for
 from shim.errors import INVALID_ARGUMENT, UNIMPLEMENTED, Error as TTRPCError
 
 _O_CLOEXEC = os.O_CLOEXEC
@@ -28,6 +34,7 @@ _O_NONBLOCK = os.O_NONBLOCK
 # and measured faster from a default pipe, whose bytes are still in cache.
 PIPE_SIZE = 1 << 20
 PIPE_MAX_SIZE_PATH = "/proc/sys/fs/pipe-max-size"
+FIFO_READ_BOUND = 1.0       # seconds an ended output waits for its reader
 _pipe_size = None
 
 
@@ -119,7 +126,7 @@ class ProcessIO:
         self.uid, self.gid = uid, gid
         self.fds = []            # every fd we own, closed at close()
         self.child = [None, None, None]   # container-side ends handed to runc
-        self.copies = []         # (src, dst) to start after runc returned
+        self.copies = []         # (src, dst, is_output, to_fifo) to start after runc
         self.stdin_keepalive = -1
         self.stdin_pipe_w = -1   # our write end of the container's stdin pipe
         self.pending = 0
@@ -166,13 +173,13 @@ class ProcessIO:
         if self.uid or self.gid:
             os.fchown(fd, self.uid, self.gid)
 
-    def _output(self, index, dst, spliced=True):
+    def _output(self, index, dst, spliced=True, fifo=False):
         r, w = self._pipe()
         if spliced:
             _native.set_pipe_size(r, output_pipe_size())
         self._chown(w)
         self.child[index] = w
-        self.copies.append((r, dst, True))
+        self.copies.append((r, dst, True, fifo))
 
     def _open_fifos(self):
         null = None
@@ -184,11 +191,11 @@ class ProcessIO:
             self._chown(r)
             self.child[0] = r
             self.stdin_pipe_w = w
-            self.copies.append((src, w, False))
+            self.copies.append((src, w, False, False))
         for index, path in ((1, self.stdout_path), (2, self.stderr_path)):
             if path:
                 dst = self._own(os.open(self._path(path), os.O_RDWR | _O_CLOEXEC))
-                self._output(index, dst)
+                self._output(index, dst, fifo=True)
             else:
                 if null is None:
                     null = self._own(os.open("/dev/null", os.O_RDWR | _O_CLOEXEC))
@@ -271,22 +278,51 @@ class ProcessIO:
                 self.fds.remove(fd)
                 _close(fd)
         self.child = [None, None, None]
-        for src, dst, is_output in self.copies:
+        for src, dst, is_output, fifo in self.copies:
             self.active.append(self.loop.add_copy(
-                src, dst, lambda err, s=src, d=dst, o=is_output: self._copy_done(s, d, o)))
+                src, dst, lambda err, s=src, d=dst, o=is_output, f=fifo: self._copy_done(s, d, o, f)))
         self.copies = []
 
-    def _copy_done(self, src, dst, is_output):
+    def _copy_done(self, src, dst, is_output, fifo):
         # Close both ends now: the reader of dst (client or container) must
         # see EOF as soon as the source ended, not at Delete time.
-        for fd in (src, dst):
-            if fd in self.fds:
-                self.fds.remove(fd)
-                _close(fd)
+        self._forget(src)
         if not is_output:
+            self._forget(dst)
             self.stdin_pipe_w = -1
             return
+        self._release_output(dst, fifo)
+
+    def _release_output(self, dst, fifo):
+        """An output ended: close dst; for a client's FIFO, the output is
+        finished once the client has read what is left in it (or nobody
+        reads it, or FIFO_READ_BOUND passed). Meanwhile a write-only fd of
+        ours keeps the reader from EOF and tells whether anyone reads."""
+        probe = -1
+        if fifo:
+            try:
+                probe = self._own(os.open("/proc/self/fd/%d" % dst,
+                                          os.O_WRONLY | _O_NONBLOCK | _O_CLOEXEC))
+            except OSError:
+                pass
+        self._forget(dst)
+        if probe >= 0 and _native.pipe_unread(probe) > 0:
+            self.loop.spawn(self._wait_read(probe))
+            return
+        self._forget(probe)
         self._output_finished()
+
+    async def _wait_read(self, probe):
+        deadline = _monotonic() + FIFO_READ_BOUND
+        pause = 0.001
+        try:
+            while probe in self.fds and _monotonic() < deadline \
+                    and _native.pipe_unread(probe) > 0:
+                await sleep(pause)
+                pause = min(pause * 2, 0.02)
+        finally:
+            self._forget(probe)
+            self._output_finished()
 
     def _output_finished(self):
         self.pending -= 1

@@ -46,6 +46,7 @@ class TerminalIO(ProcessIO):
         self._stdin_timer = None
         self._tty_delay = TTY_REARM_MIN
         self._hangup = False     # stdin ended: close the master after draining
+        self._tty_fifo = False   # tty_out is a client's FIFO
 
     def _open(self, scheme, path):
         if scheme == "fifo":
@@ -55,6 +56,7 @@ class TerminalIO(ProcessIO):
                 self.stdin_keepalive = self._own(
                     os.open(p, os.O_WRONLY | _O_NONBLOCK | _O_CLOEXEC))
             self.tty_out = self._own(os.open(self._path(path), os.O_RDWR | _O_CLOEXEC))
+            self._tty_fifo = True
         elif scheme == "file":
             d = os.path.dirname(path)
             if d:
@@ -231,8 +233,7 @@ class TerminalIO(ProcessIO):
         # Like Go: the console copy ended, so the client's reader sees EOF
         # now (CRI's exec stream waits for it), not at Delete.
         out, self.tty_out = self.tty_out, -1
-        self._forget(out)
-        self._output_finished()
+        self._release_output(out, self._tty_fifo)
 
     def _tty_stdin_done(self, err):
         if self.closed or self.master_in < 0:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from shim import _native
 from shim.io import ProcessIO
 from shim.loop import Future, get_loop, sleep, wait_for
 from shim.ttrpc import TTRPCError
@@ -376,12 +377,88 @@ def test_wait_copied_waits_for_output_copies(tmp_path):
         os.close(w1)
         assert run(io.wait_copied(0.2)) is False
         os.close(w2)
-        assert run(io.wait_copied(5)) is True
         assert read_fifo(readers[0], b"out") == b"out"
+        assert run(io.wait_copied(5)) is True
     finally:
         io.close()
         for fd in readers:
             os.close(fd)
+
+
+def _fifo_output(tmp_path, reader=True):
+    """A ProcessIO whose stdout is a client's FIFO (with the client's reader
+    open if `reader`), started; returns (io, container's writer, reader)."""
+    path = str(tmp_path / "out")
+    os.mkfifo(path)
+    r = os.open(path, os.O_RDONLY | os.O_NONBLOCK) if reader else -1
+    io = ProcessIO("", path, "")
+    io.open()
+    w = os.dup(io.runc_fds()[1])
+    io.start()
+    return io, w, r
+
+
+def test_output_ends_once_the_client_has_read_its_fifo(tmp_path):
+    # The exit event waits (wait_copied) until the client has read what the
+    # copy left in its FIFO: containerd 1.6's client closes its FIFOs when
+    # it deletes the task, before reading them to the end, and lost the
+    # output's tail on a loaded node. (Before: done once the copy had
+    # written it, unread.)
+    io, w, r = _fifo_output(tmp_path)
+    try:
+        os.write(w, b"tail")
+        os.close(w)
+        assert run(io.wait_copied(0.3)) is False
+        assert read_fifo(r, b"tail") == b"tail"
+        assert run(io.wait_copied(2)) is True
+        assert os.read(r, 16) == b""        # EOF: nothing of ours holds it open
+    finally:
+        io.close()
+        os.close(r)
+
+
+def test_output_ends_at_once_when_nobody_reads_its_fifo(tmp_path):
+    io, w, _ = _fifo_output(tmp_path, reader=False)
+    try:
+        os.write(w, b"lost on any shim")
+        os.close(w)
+        t0 = time.monotonic()
+        assert run(io.wait_copied(2)) is True
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        io.close()
+
+
+def test_output_waits_for_a_reader_that_does_not_read_only_so_long(tmp_path, monkeypatch):
+    from shim import io as shim_io
+    monkeypatch.setattr(shim_io, "FIFO_READ_BOUND", 0.2)
+    io, w, r = _fifo_output(tmp_path)
+    try:
+        os.write(w, b"late")
+        os.close(w)
+        t0 = time.monotonic()
+        assert run(io.wait_copied(5)) is True
+        assert 0.15 < time.monotonic() - t0 < 2
+        assert read_fifo(r, b"late") == b"late"     # still there for it
+        assert os.read(r, 16) == b""
+    finally:
+        io.close()
+        os.close(r)
+
+
+def test_pipe_unread_counts_bytes_or_says_no_reader():
+    r, w = os.pipe()
+    try:
+        assert _native.pipe_unread(w) == 0
+        os.write(w, b"12345")
+        assert _native.pipe_unread(w) == 5
+        os.close(r)
+        r = -1
+        assert _native.pipe_unread(w) == -1
+    finally:
+        os.close(w)
+        if r >= 0:
+            os.close(r)
 
 
 # ---- output pipes and file:// targets ---------------------------------------
