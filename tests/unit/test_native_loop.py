@@ -211,24 +211,28 @@ def test_copy_keeps_what_arrives_as_the_writer_hangs_up():
     import sys
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed")
+    # cwd /: the installed shim package, not a source tree's (no _native)
     helper = subprocess.Popen([sys.executable, "-c", _LATE_WRITER], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd="/")
     tracer = None
     try:
-        pid = int(helper.stdout.readline())
+        line = helper.stdout.readline()
+        assert line.strip().isdigit(), helper.stderr.read() if helper.poll() is not None else line
+        pid = int(line)
         tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-e", "trace=ioctl",
                                    "-e", "inject=ioctl:delay_exit=300000", "-p", str(pid)])
         deadline = time.monotonic() + 10
         while _tracer_pid(pid) == 0:
             assert time.monotonic() < deadline, "strace did not attach"
             time.sleep(0.01)
-        out, _ = helper.communicate("g", timeout=30)
+        out, err = helper.communicate("g", timeout=30)
     finally:
         for p in (helper, tracer):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-    assert out.split() == ["0", "100000"], out
+    assert out.split() == ["0", "100000"], (out, err)
 
 
 def _tracer_pid(pid):
