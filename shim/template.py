@@ -175,6 +175,8 @@ def main():
                 conn.close()
     except _Terminated:
         pass
+    for signum in (_signal.SIGTERM, _signal.SIGINT):
+        _signal.signal(signum, _signal.SIG_IGN)     # leaving anyway: no second raise
     if _inode(path) == me:
         try:
             os.unlink(path)
