@@ -152,8 +152,7 @@ def main():
     import _socket
     # An operator's kill or a service stop: leave as when superseded,
     # without the socket (the next start would find it dead and replace it).
-    for signum in (_signal.SIGTERM, _signal.SIGINT):
-        _signal.signal(signum, _terminate)
+    _on_stop_signals(_terminate)
     try:
         while True:
             try:
@@ -175,8 +174,7 @@ def main():
                 conn.close()
     except _Terminated:
         pass
-    for signum in (_signal.SIGTERM, _signal.SIGINT):
-        _signal.signal(signum, _signal.SIG_IGN)     # leaving anyway: no second raise
+    _on_stop_signals(_signal.SIG_IGN)       # leaving anyway: no second raise
     if _inode(path) == me:
         try:
             os.unlink(path)
@@ -194,6 +192,12 @@ def _terminate(signum, frame):
     raise _Terminated()
 
 
+def _on_stop_signals(action):
+    """SIGTERM and SIGINT: what an operator's kill or a service stop sends."""
+    for signum in (_signal.SIGTERM, _signal.SIGINT):
+        _signal.signal(signum, action)
+
+
 def _dispatch(listener, conn):
     """A child serves the request: it runs the caller's `start`, whose
     serving process is then no child of ours. We do not wait for it
@@ -207,8 +211,7 @@ def _dispatch(listener, conn):
         code = 1
         try:
             # As before main() set them: a start's default dispositions.
-            for signum in (_signal.SIGTERM, _signal.SIGINT):
-                _signal.signal(signum, _signal.SIG_DFL)
+            _on_stop_signals(_signal.SIG_DFL)
             # A group of its own, as containerd starts a `start` (SCHED_CORE's
             # cookie goes to the start's whole group, which must not be the
             # template's); its leader exits at once, so the start, which
