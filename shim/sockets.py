@@ -48,9 +48,12 @@ def go_join(*parts):
 def socket_path(address, namespace, group, socket_dir=SOCKET_DIR):
     """/run/containerd/s/<sha256 hex of filepath.Join(address, ns, group)>."""
     try:
-        from _sha256 import sha256   # builtin: skips hashlib's OpenSSL load
+        from _sha2 import sha256     # builtin (3.12+): skips hashlib's OpenSSL load
     except ImportError:
-        from hashlib import sha256
+        try:
+            from _sha256 import sha256   # its name up to 3.11
+        except ImportError:
+            from hashlib import sha256
     d = sha256(go_join(address, namespace, group).encode("utf-8", "surrogateescape"))
     return "%s/%s" % (socket_dir.rstrip("/") or "", d.hexdigest())
 

@@ -19,6 +19,24 @@ def test_socket_address_hash():
     assert len(h) == 64 and h == h.lower()
 
 
+def test_socket_path_loads_no_openssl():
+    """The hash comes from the interpreter's own SHA-2 (`_sha2` since Python
+    3.12, `_sha256` before), not hashlib: hashlib loads libcrypto, ~0.4 MiB
+    private per shim (it did so on Python 3.12+, Debian trixie's 3.13)."""
+    import subprocess
+    import sys
+    shim_dir = os.path.dirname(os.path.dirname(sockets.__file__))
+    code = ("import sys; sys.path.append(%r); from shim import sockets; "
+            "print(sockets.socket_path('/run/c.sock', 'ns', 'c1')); "
+            "print(sorted({'hashlib', '_hashlib'} & set(sys.modules)))" % shim_dir)
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    path, loaded = r.stdout.split()
+    assert path == "/run/containerd/s/" + hashlib.sha256(b"/run/c.sock/ns/c1").hexdigest()
+    assert loaded == "[]"
+
+
 def test_socket_address_is_path_joined():
     # filepath.Join cleans: duplicate and trailing slashes, "." and "..".
     want = sockets.socket_address("/a/b.sock", "ns", "g")
