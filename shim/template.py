@@ -18,8 +18,10 @@ template ignores SIGCHLD, so the kernel reaps its children: it never
 waits on one and no zombie is left. It holds no container state: killing
 it loses nothing.
 
-Its private writable memory is marked for the kernel's samepage merging
-once it is frozen; shims forked from it keep the marks (docs/design.md).
+Its heap is made immortal (Python 3.12+: no shim writes the reference
+counts of what it holds) and frozen, and its private writable memory is
+marked for the kernel's samepage merging; shims forked from it keep the
+marks (docs/design.md).
 
 It exits when its socket is gone or replaced, or when the installed build
 is no longer its own (a new `pip install`: the next start spawns the new
@@ -43,7 +45,7 @@ WARM_MODULES = ("shim.cli", "shim.manager", "shim.launch", "shim.serve", "shim.t
                 "shim.pb.events", "shim.pb.wkt", "shim.pb.runc", "shim.pb.bootstrap",
                 "shim.containerd_binary",
                 # the socket name's hash (shim/sockets.py): a dlopen per start otherwise
-                "_sha256")
+                "_sha2", "_sha256")
 
 
 def warm_up():
@@ -138,6 +140,10 @@ def main():
     _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)    # no zombies of ours (_dispatch)
     import gc
     gc.collect()
+    if os.environ.get("PYSHIM_IMMORTAL", "1") != "0":
+        # Python 3.12+: a shim that uses our objects no longer writes their
+        # reference counts, so their pages stay shared (docs/design.md).
+        _native.make_heap_immortal()
     gc.freeze()     # the heap as forked: no collection touches (copies) its pages
     if os.environ.get("PYSHIM_KSM", "1") != "0":
         # Most pages a shim copies from us end byte-identical in every
