@@ -8,8 +8,11 @@ OUT/warm-containerd-X.Y.md and, when matplotlib is installed (`pip install
 Run (root, installed package, from the repo root):
     python bench/bench_warm.py [--runs 15] [--mem-n 1,10,50] [--out bench/report]
                                [--rows run,loaded,exec,updown,pod,cpu,stdout,memory] [--ksm]
+                               [--tag-python]
     PYSHIM_CONTAINERD_BIN=$(../shared/containerd-release/containerd-release 2.1) \\
         python bench/bench_warm.py            # the same on containerd 2.1
+    --tag-python names the report warm-containerd-X.Y-pythonA.B (pyshim
+    installed for another Python than the system's, e.g. trixie's 3.13).
 
 Rows (latency rows: --runs interleaved Go/pyshim samples each; run,
 loaded, exec and pod, cheap and noisy, 3x that):
@@ -465,6 +468,8 @@ def main(argv=None):
     ap.add_argument("--mem-n", default="1,10,50")
     ap.add_argument("--rows", default="run,loaded,exec,updown,pod,cpu,stdout,memory")
     ap.add_argument("--out", default=os.path.join(_HERE, "report"))
+    ap.add_argument("--tag-python", action="store_true",
+                    help="name the report after the Python too (warm-containerd-X.Y-pythonA.B)")
     ap.add_argument("--ksm", action="store_true",
                     help="memory rows once more with the kernel's samepage merging "
                     "(ksmd) turned on, then put back as found")
@@ -525,10 +530,13 @@ def main(argv=None):
         "machine": "%d cores, %s, kernel %s" % (os.cpu_count() or 0, platform.machine(),
                                                 platform.release()),
         "load average (1 min) at start / end": "%.1f / %.1f" % (load0[0], os.getloadavg()[0]),
+        "pyshim's Python": platform.python_version(),
         "runs per latency row (interleaved Go/pyshim)": "%d (run, loaded, exec, pod: %d)" % (
             a.runs, a.runs * QUICK_ROWS_FACTOR),
     }
     tag = "containerd-%d.%d" % c.version[:2]
+    if a.tag_python:
+        tag += "-python%d.%d" % sys.version_info[:2]
     print(report(res, meta, a.out, {"rss": 0.8, "pss": 0.5, "uss": 0.75}, tag))
 
 
