@@ -37,7 +37,6 @@ loaded, exec and pod, cheap and noisy, 3x that):
 import argparse
 import concurrent.futures
 import ctypes
-import datetime
 import os
 import platform
 import resource
@@ -398,8 +397,9 @@ def report(res, meta, out_dir, mem_budget, tag):
                           n, mem["py"][n]["ksm_s"], 100 * mem["py"][n]["ksmd_cpu"],
                           100 * mem["go"][n]["ksmd_cpu"])
                       for n in sorted(mem["py"]) if "ksm" in mem["py"][n]) + "."]
-    lines += ["", "Samples per row: %s." % ", ".join(
-        "%s %d" % (k, len(res[k]["go"])) for k, *_ in ROWS if res.get(k))]
+    counted = ["%s %d" % (k, len(res[k]["go"])) for k, *_ in ROWS if res.get(k)]
+    if counted:
+        lines += ["", "Samples per row: %s." % ", ".join(counted)]
     plots = plot(res, out_dir, tag)
     if plots:
         lines += [""] + ["![%s](%s)" % (os.path.splitext(p)[0], p) for p in plots]
@@ -429,9 +429,9 @@ def plot(res, out_dir, tag):
             for key, name in (("go", "Go shim"), ("py", "pyshim")):
                 ns = sorted(mem[key])
                 ax.plot(ns, [mem[key][n][q] for n in ns], marker="o", label=name)
-            ns = sorted(n for n in mem["py"] if "ksm" in mem["py"][n])
-            if ns:
-                ax.plot(ns, [mem["py"][n]["ksm"][q] for n in ns], marker="o",
+            merged = sorted(n for n in mem["py"] if "ksm" in mem["py"][n])
+            if merged:
+                ax.plot(merged, [mem["py"][n]["ksm"][q] for n in merged], marker="o",
                         linestyle="--", label="pyshim, ksmd on")
             ax.set_title("%s per container" % q.upper())
             ax.set_xlabel("containers (N)")
@@ -525,7 +525,7 @@ def main(argv=None):
             template.end(pid)
         _reap_orphans(set(), settle=0.5)
     meta = {
-        "date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "containerd": ".".join(map(str, c.version)),
         "machine": "%d cores, %s, kernel %s" % (os.cpu_count() or 0, platform.machine(),
                                                 platform.release()),
