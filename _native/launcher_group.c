@@ -767,10 +767,11 @@ static int live(const char *path)
     return ok;
 }
 
-/* <bundle>/address as shim/bundle.py writes it: .address O_EXCL, rename. */
+/* <bundle>/address as shim/bundle.py writes it: .address O_EXCL, rename;
+ * not O_SYNC (bundle.py says why). */
 static int write_address(const char *address)
 {
-    int flags = O_RDWR | O_CREAT | O_EXCL | O_SYNC | O_CLOEXEC;
+    int flags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC;
     int fd = open(".address", flags, 0666);
     if (fd < 0 && errno == EEXIST) {
         unlink(".address");

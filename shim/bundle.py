@@ -55,10 +55,15 @@ def _write_atomic(path, data):
 # ---- address ----------------------------------------------------------------
 
 def write_address(bundle, address):
-    """<bundle>/address, atomically (.address O_EXCL, then rename)."""
+    """<bundle>/address, atomically (.address O_EXCL, then rename).
+
+    Not O_SYNC (the Go shim's is): the address names the socket of a live
+    process, which no machine crash leaves behind, so there is nothing to
+    make durable; where the bundle is on disk, O_SYNC made every `start`
+    wait for a journal commit (20-180 ms beside an fsync-heavy writer)."""
     path = os.path.join(bundle, ADDRESS_FILE)
     tmp = os.path.join(bundle, "." + ADDRESS_FILE)
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_SYNC | os.O_CLOEXEC
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
         fd = os.open(tmp, flags, 0o666)
     except FileExistsError:

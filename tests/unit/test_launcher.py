@@ -102,7 +102,7 @@ def _listen(path):
     return s
 
 
-def _start(exe, bundle, args, stdin=b""):
+def _start(exe, bundle, args, stdin=b"", prefix=()):
     env = dict(os.environ, PYSHIM_TEMPLATE="0")     # never spawn a template here
     if exe == "alone":
         # The native launcher with no Python to exec (no pyshim-launcher or
@@ -113,8 +113,8 @@ def _start(exe, bundle, args, stdin=b""):
             import shutil
             shutil.copy2(BINARY, exe)
         env["PATH"] = "/nonexistent"
-    return subprocess.run([exe] + args + ["start"], input=stdin, capture_output=True,
-                          timeout=60, cwd=str(bundle), env=env)
+    return subprocess.run(list(prefix) + [exe] + args + ["start"], input=stdin,
+                          capture_output=True, timeout=60, cwd=str(bundle), env=env)
 
 
 def _live_group(tmp_path, spec, ns="ns-launcher", id="c1", socket_dir=None):
@@ -219,3 +219,33 @@ def test_start_odd_input_left_to_python(tmp_path, spec, stdin):
     assert rs[0].returncode == rs[1].returncode == 1, rs
     assert rs[0].stderr == rs[1].stderr and rs[0].stderr, rs
     assert rs[0].stdout == rs[1].stdout == b""
+
+
+SYNC_CALLS = ("fsync", "fdatasync", "sync", "syncfs", "sync_file_range")
+
+
+def test_start_waits_for_no_disk(tmp_path):
+    """`start` writes <bundle>/address without O_SYNC and syncs nothing
+    (the Go shim's O_SYNC made every start wait for a journal commit where
+    the bundle is on disk, 20-180 ms beside an fsync-heavy writer; the file
+    names a live process's socket, which no machine crash leaves behind)."""
+    import shutil
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    bundle, args, path = _live_group(tmp_path, {"annotations": ANN})
+    log = tmp_path / "trace"
+    with _listen(path):
+        try:
+            for exe in ("alone", PY_LAUNCHER):
+                trace = [strace, "-f", "-qq", "-o", str(log),
+                         "-e", "trace=open,openat," + ",".join(SYNC_CALLS)]
+                r = _start(exe, bundle, args, prefix=trace)
+                assert (r.returncode, r.stdout) == (0, b"unix://" + path.encode()), r
+                lines = log.read_text().splitlines()
+                assert [ln for ln in lines if ".address" in ln], lines      # traced
+                assert [ln for ln in lines if "O_SYNC" in ln or "O_DSYNC" in ln
+                        or ln.split(" ", 1)[-1].startswith(SYNC_CALLS)] == [], exe
+                (bundle / "address").unlink()
+        finally:
+            os.unlink(path)
