@@ -16,6 +16,7 @@ Memory is read SETTLE seconds after the last StartContainer, before the pod
 is removed; only one pod exists at a time, so every shim of the CRI
 namespace belongs to it.
 """
+import concurrent.futures
 import statistics
 import time
 
@@ -48,12 +49,10 @@ def _rss_anon(pid):
     return 0
 
 
-def run_pod(c, key, handler, i, settle=SETTLE):
-    """One pod (sandbox + 3 `sleep` containers) through CRI on Containerd c
-    (CRI mode); returns {"start": s, "pss": KiB, "anon": KiB, "procs": n}
-    measured `settle` s after the last StartContainer; the pod is removed."""
+def start_pod(c, name, handler):
+    """RunPodSandbox, then CreateContainer+StartContainer x 3 (`sleep`
+    containers), as a kubelet does; returns (pod id, seconds it took)."""
     pb = c.cri.pb
-    name = "bench-%s-%d" % (key, i)
     config = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid="uid-" + name, namespace="bench"),
         linux=pb.LinuxPodSandboxConfig(
@@ -69,18 +68,56 @@ def run_pod(c, key, handler, i, settle=SETTLE):
                                     command=["sleep", "3600"])
             cid = c.cri.create_container(pod, cc, config)
             c.cri.start_container(cid)
-        dt = time.perf_counter() - t0
+    except BaseException:
+        remove_pod(c, pod)
+        raise
+    return pod, time.perf_counter() - t0
+
+
+def remove_pod(c, pod):
+    c.cri.stop_pod_sandbox(pod)
+    c.cri.remove_pod_sandbox(pod)
+
+
+def _wait_no_shims(c):
+    deadline = time.monotonic() + 10
+    while c.shims(CRI_NAMESPACE) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def run_pod(c, key, handler, i, settle=SETTLE):
+    """One pod (sandbox + 3 `sleep` containers) through CRI on Containerd c
+    (CRI mode); returns {"start": s, "pss": KiB, "anon": KiB, "procs": n}
+    measured `settle` s after the last StartContainer; the pod is removed."""
+    pod, dt = start_pod(c, "bench-%s-%d" % (key, i), handler)
+    try:
         time.sleep(settle)
         pids = [p for p, a in c.shims(CRI_NAMESPACE) if a[-1] not in memory.ACTIONS]
         tot = memory.measure(pids)
         anon = sum(_rss_anon(p) for p in pids)
     finally:
-        c.cri.stop_pod_sandbox(pod)
-        c.cri.remove_pod_sandbox(pod)
-    deadline = time.monotonic() + 10
-    while c.shims(CRI_NAMESPACE) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        remove_pod(c, pod)
+    _wait_no_shims(c)
     return {"start": dt, "pss": tot["pss"], "anon": anon, "procs": tot["procs"]}
+
+
+def run_pods_at_once(c, key, handler, i, n=10):
+    """n pods started at once (a thread each, as a kubelet starts the pods
+    scheduled to its node): seconds until the last has its 3 containers
+    started. All are removed after."""
+    started = []
+
+    def one(j):
+        pod, _ = start_pod(c, "many-%s-%d-%d" % (key, i, j), handler)
+        started.append(pod)
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        t0 = time.perf_counter()
+        try:
+            list(pool.map(one, range(n)))
+            return time.perf_counter() - t0
+        finally:
+            list(pool.map(lambda pod: remove_pod(c, pod), list(started)))
+            _wait_no_shims(c)
 
 
 @pytest.fixture(scope="module")

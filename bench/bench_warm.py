@@ -7,7 +7,7 @@ OUT/warm-containerd-X.Y.md and, when matplotlib is installed (`pip install
 
 Run (root, installed package, from the repo root):
     python bench/bench_warm.py [--runs 15] [--mem-n 1,10,50] [--out bench/report]
-                               [--rows run,loaded,exec,updown,pod,cpu,stdout,memory] [--ksm]
+                               [--rows run,loaded,exec,updown,pod,pods,podloaded,cpu,stdout,memory] [--ksm]
                                [--tag-python]
     PYSHIM_CONTAINERD_BIN=$(../shared/containerd-release/containerd-release 2.1) \\
         python bench/bench_warm.py            # the same on containerd 2.1
@@ -15,7 +15,7 @@ Run (root, installed package, from the repo root):
     installed for another Python than the system's, e.g. trixie's 3.13).
 
 Rows (latency rows: --runs interleaved Go/pyshim samples each; run,
-loaded, exec and pod, cheap and noisy, 3x that):
+loaded, exec, pod and podloaded, cheap and noisy, 3x that):
   run      `ctr run --rm IMAGE id true`, median ms
   loaded   the same with the machine loaded: a busy loop per core, a tar of
            /usr to /dev/null (page-cache churn) and an fsync'd writer
@@ -24,6 +24,10 @@ loaded, exec and pod, cheap and noisy, 3x that):
            `ctr c rm` at once (down), wall s of each half
   pod      CRI pod start (sandbox + 3 containers; a second, CRI-mode
            containerd), median ms
+  pods     10 CRI pods started at once (a thread each, as a kubelet
+           starting the pods scheduled to its node), wall s until all run
+           (--runs samples)
+  podloaded  the pod row beside the `loaded` row's load (a busy node)
   cpu      shim CPU per `ctr run --rm true` lifecycle: every process of the
            runtime (start/delete actions, serving shim, runc they run, the
            template) own + reaped children; see cpu_block()
@@ -56,7 +60,8 @@ from support.containerd import (CRI_GO_HANDLER, CRI_PY_HANDLER, GO_RUNTIME,  # n
                                 PY_RUNTIME, Containerd)
 
 RUNTIMES = (("go", GO_RUNTIME), ("py", PY_RUNTIME))
-QUICK_ROWS_FACTOR = 3       # run, loaded, exec, pod: --runs x this
+QUICK_ROWS_FACTOR = 3       # run, loaded, exec, pod, podloaded: --runs x this
+PODS_AT_ONCE = 10
 PR_SET_CHILD_SUBREAPER = 36
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # (row, label, unit, budget): budget ("<=", x) or (">=", x) on pyshim/Go.
@@ -67,6 +72,9 @@ ROWS = [
     ("up", "20 containers up (ctr run -d, at once), median s", "s", ("<=", 1.0)),
     ("down", "20 containers down (task rm -f + c rm, at once), median s", "s", ("<=", 1.0)),
     ("pod", "CRI pod start (sandbox + 3 containers), median ms", "ms", ("<=", 0.9)),
+    ("pods", "10 CRI pods started at once (each sandbox + 3 containers), median s", "s",
+     ("<=", 1.0)),
+    ("podloaded", "CRI pod start, machine loaded, median ms", "ms", ("<=", 1.0)),
     ("cpu", "shim CPU per run --rm lifecycle (own + children), ms", "ms", ("<=", 1.0)),
     ("stdout", "stdout 256 MiB via ctr (dd bs=1M), median MB/s", "MB/s", (">=", 1.2)),
     ("copy", "shim copy only, 1 GiB to file:///dev/null, net MB/s", "MB/s", (">=", 1.0)),
@@ -247,11 +255,14 @@ def row_updown(c, runs, res):
     res["down"] = {k: [d for _, d in v] for k, v in s.items()}
 
 
-def row_pod(runs, res):
+def row_pod(runs, res, rows):
+    """The CRI rows of `rows` on a second, CRI-mode containerd: pod (one
+    pod at a time), pods (PODS_AT_ONCE at once) and podloaded (one at a
+    time beside the `loaded` row's Load: a busy node)."""
     try:
         import grpc  # noqa: F401
     except ImportError:
-        print("pod row skipped: grpcio not installed (pip install '.[test]')")
+        print("pod rows skipped: grpcio not installed (pip install '.[test]')")
         return
     import bench_pod
     c = Containerd(cri=True)
@@ -261,8 +272,18 @@ def row_pod(runs, res):
         handlers = {"go": CRI_GO_HANDLER, "py": CRI_PY_HANDLER}
         for k, h in handlers.items():
             bench_pod.run_pod(c, k, h, 999, settle=0)      # warm-up
-        res["pod"] = interleaved(runs, lambda k, rt, i: bench_pod.run_pod(
-            c, k, handlers[k], i, settle=0)["start"])
+
+        def one_at_a_time():
+            return interleaved(runs, lambda k, rt, i: bench_pod.run_pod(
+                c, k, handlers[k], i, settle=0)["start"])
+        if "pod" in rows:
+            res["pod"] = one_at_a_time()
+        if "pods" in rows:
+            res["pods"] = interleaved(max(3, runs // QUICK_ROWS_FACTOR), lambda k, rt, i: (
+                bench_pod.run_pods_at_once(c, k, handlers[k], i, PODS_AT_ONCE)))
+        if "podloaded" in rows:
+            with Load(c.dir):
+                res["podloaded"] = one_at_a_time()
     finally:
         problems = c.cleanup()
         if problems:
@@ -466,7 +487,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--mem-n", default="1,10,50")
-    ap.add_argument("--rows", default="run,loaded,exec,updown,pod,cpu,stdout,memory")
+    ap.add_argument("--rows", default="run,loaded,exec,updown,pod,pods,podloaded,cpu,stdout,memory")
     ap.add_argument("--out", default=os.path.join(_HERE, "report"))
     ap.add_argument("--tag-python", action="store_true",
                     help="name the report after the Python too (warm-containerd-X.Y-pythonA.B)")
@@ -504,15 +525,17 @@ def main(argv=None):
                  ("updown", lambda: row_updown(c, a.runs, res)),
                  ("stdout", lambda: row_stdout(c, a.runs, res, {
                      k: statistics.median(v) * 1e3 for k, v in res["run"].items()})),
-                 ("pod", lambda: row_pod(quick, res)),
+                 ("pod", lambda: row_pod(quick, res, rows & {"pod", "pods"})),
                  ("memory", lambda: row_memory(c, [int(x) for x in a.mem_n.split(",")], res,
                                                a.ksm)),
                  # last: its load's writeback and page cache churn outlive
                  # it (the pod row, which came after it, read 1.13-1.19x
                  # there against 0.79-0.92x on its own)
-                 ("loaded", lambda: row_loaded(c, quick, res, scratch))]
+                 ("loaded", lambda: row_loaded(c, quick, res, scratch)),
+                 ("podloaded", lambda: row_pod(quick, res, {"podloaded"}))]
         for name, fn in steps:
-            if name in rows and (name != "stdout" or "run" in res):
+            if (name in rows or name == "pod" and "pods" in rows) and (
+                    name != "stdout" or "run" in res):
                 t0 = time.monotonic()
                 fn()
                 _reap_orphans(set(), settle=0.2)     # shims that exited meanwhile
@@ -531,7 +554,7 @@ def main(argv=None):
                                                 platform.release()),
         "load average (1 min) at start / end": "%.1f / %.1f" % (load0[0], os.getloadavg()[0]),
         "pyshim's Python": platform.python_version(),
-        "runs per latency row (interleaved Go/pyshim)": "%d (run, loaded, exec, pod: %d)" % (
+        "runs per latency row (interleaved Go/pyshim)": "%d (run, loaded, exec, pod, podloaded: %d)" % (
             a.runs, a.runs * QUICK_ROWS_FACTOR),
     }
     tag = "containerd-%d.%d" % c.version[:2]
