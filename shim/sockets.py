@@ -6,7 +6,7 @@ listening on it, and telling a live socket from a stale one.
     remove_if_dead(path)          # a killed shim's leftover socket file
 
 Imports only `os` at load time (the serving process loads this module);
-`_socket` and `_sha256` (builtins, not `socket`/`hashlib`) when used.
+`_socket` and `_sha2`/`_sha256` (builtins, not `socket`/`hashlib`) when used.
 """
 import os
 
@@ -45,15 +45,31 @@ def go_join(*parts):
     return go_clean("/".join(parts))
 
 
+_sha256 = None
+
+
+def sha256_function():
+    """The interpreter's own SHA-256 (`_sha2` since 3.12, `_sha256` up to
+    3.11; hashlib, which loads OpenSSL, only without both), found once: the
+    template finds it for every shim it forks, which then runs no import
+    (on 3.11 the failed `_sha2` one touched the import machinery's objects,
+    copying their pages, in every shim)."""
+    global _sha256
+    if _sha256 is None:
+        try:
+            from _sha2 import sha256
+        except ImportError:
+            try:
+                from _sha256 import sha256
+            except ImportError:
+                from hashlib import sha256
+        _sha256 = sha256
+    return _sha256
+
+
 def socket_path(address, namespace, group, socket_dir=SOCKET_DIR):
     """/run/containerd/s/<sha256 hex of filepath.Join(address, ns, group)>."""
-    try:
-        from _sha2 import sha256     # builtin (3.12+): skips hashlib's OpenSSL load
-    except ImportError:
-        try:
-            from _sha256 import sha256   # its name up to 3.11
-        except ImportError:
-            from hashlib import sha256
+    sha256 = sha256_function()
     d = sha256(go_join(address, namespace, group).encode("utf-8", "surrogateescape"))
     return "%s/%s" % (socket_dir.rstrip("/") or "", d.hexdigest())
 

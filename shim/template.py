@@ -43,9 +43,8 @@ WARM_MODULES = ("shim.cli", "shim.manager", "shim.launch", "shim.serve", "shim.t
                 "shim.container", "shim.execs", "shim.options", "shim.runc", "shim.mount",
                 "shim.cgroups", "shim.io", "shim.jsonlite", "shim.pb.task", "shim.pb.types",
                 "shim.pb.events", "shim.pb.wkt", "shim.pb.runc", "shim.pb.bootstrap",
-                "shim.containerd_binary",
-                # the socket name's hash (shim/sockets.py): a dlopen per start otherwise
-                "_sha2", "_sha256")
+                "shim.pb.runtimeoptions",     # CRI's runtime options: every pod's shim
+                "shim.containerd_binary")
 
 
 def warm_up():
@@ -56,6 +55,10 @@ def warm_up():
             importlib.import_module(name)
         except ImportError:
             pass
+    # The socket name's hash, found here: no import (a dlopen, and on 3.11
+    # a failed one first) in the start of every shim forked from here.
+    from shim import sockets
+    sockets.sha256_function()
 
 
 def _installed_build():

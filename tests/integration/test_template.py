@@ -325,6 +325,51 @@ def test_turned_off_by_the_runtime_options(cd, own_template, tmp_path):
     assert own_template.poll() is None
 
 
+def _traced(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
+
+
+def test_forked_shims_import_nothing(cd, own_template, tmp_path):
+    """Whatever a serving shim runs was imported by the template: a shim
+    forked from it reads no Python module (an import would be read on the
+    start's critical path, slow on a busy node's disk, and held privately
+    in every shim), for ctr's plain runs and with runtime options (CRI's
+    ConfigPath, here `ctr run --runtime-config-path`). Failed before: each
+    start tried `_sha2` (3.11 has `_sha256`) and each one with runtime
+    options imported shim.pb.runtimeoptions."""
+    import re
+    import shutil
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    c = cd()
+    opts = tmp_path / "options.toml"
+    opts.write_text("SystemdCgroup = false\n")
+    log = tmp_path / "trace"
+    tracer = subprocess.Popen([strace, "-f", "-qq", "-o", str(log), "-e",
+                               "trace=execve,open,openat,stat,lstat,newfstatat,statx",
+                               "-p", str(own_template.pid)])
+    try:
+        deadline = time.monotonic() + 30
+        while not _traced(own_template.pid):
+            assert time.monotonic() < deadline, "strace did not attach"
+            time.sleep(0.05)
+        _run_detached(c, "plain")
+        _run_detached(c, "with-options", "--runtime-config-path", str(opts))
+        assert _output(c, "once", "hi") == "hi\n"
+    finally:
+        tracer.terminate()
+        tracer.wait(30)
+    lines = log.read_text().splitlines()
+    ran_other = {ln.split()[0] for ln in lines if " execve(" in ln}     # runc, ...
+    ran_other.add(str(own_template.pid))        # its own checks of the install
+    ours = [ln for ln in lines if ln.split()[0] not in ran_other]
+    assert [ln for ln in ours if "config.json" in ln], lines           # traced
+    module = re.compile(r'"[^"]*(/python3[^"/]*"|/python3[^"]*/[^"]*"|\.pyc?"|\.so(\.[0-9]+)*")')
+    assert [ln for ln in ours if module.search(ln)] == []
+
+
 def test_start_failing_after_its_socket_serves_nothing(cd, own_template, tmp_path):
     """A start that fails once its socket is listening (here: the shim
     cgroup of the runtime options does not exist) fails `ctr run` with the
