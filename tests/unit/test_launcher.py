@@ -245,7 +245,7 @@ def test_start_waits_for_no_disk(tmp_path):
                 lines = log.read_text().splitlines()
                 assert [ln for ln in lines if ".address" in ln], lines      # traced
                 assert [ln for ln in lines if "O_SYNC" in ln or "O_DSYNC" in ln
-                        or ln.split(" ", 1)[-1].startswith(SYNC_CALLS)] == [], exe
+                        or ln.split(None, 1)[-1].startswith(SYNC_CALLS)] == [], exe
                 (bundle / "address").unlink()
         finally:
             os.unlink(path)
