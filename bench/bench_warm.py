@@ -40,6 +40,7 @@ loaded, exec, pod and podloaded, cheap and noisy, 3x that):
 """
 import argparse
 import concurrent.futures
+import contextlib
 import ctypes
 import os
 import platform
@@ -255,14 +256,14 @@ def row_updown(c, runs, res):
     res["down"] = {k: [d for _, d in v] for k, v in s.items()}
 
 
-def row_pod(runs, res, rows):
-    """The CRI rows of `rows` on a second, CRI-mode containerd: pod (one
-    pod at a time), pods (PODS_AT_ONCE at once) and podloaded (one at a
-    time beside the `loaded` row's Load: a busy node)."""
+def row_pod(runs, res, row):
+    """A CRI row on a second, CRI-mode containerd: pod (one pod at a time,
+    --runs x QUICK_ROWS_FACTOR), pods (PODS_AT_ONCE at once, --runs) or
+    podloaded (as pod, beside the `loaded` row's Load: a busy node)."""
     try:
         import grpc  # noqa: F401
     except ImportError:
-        print("pod rows skipped: grpcio not installed (pip install '.[test]')")
+        print("%s row skipped: grpcio not installed (pip install '.[test]')" % row)
         return
     import bench_pod
     c = Containerd(cri=True)
@@ -272,18 +273,13 @@ def row_pod(runs, res, rows):
         handlers = {"go": CRI_GO_HANDLER, "py": CRI_PY_HANDLER}
         for k, h in handlers.items():
             bench_pod.run_pod(c, k, h, 999, settle=0)      # warm-up
-
-        def one_at_a_time():
-            return interleaved(runs, lambda k, rt, i: bench_pod.run_pod(
+        if row == "pods":
+            res[row] = interleaved(runs, lambda k, rt, i: bench_pod.run_pods_at_once(
+                c, k, handlers[k], i, PODS_AT_ONCE))
+            return
+        with Load(c.dir) if row == "podloaded" else contextlib.nullcontext():
+            res[row] = interleaved(runs * QUICK_ROWS_FACTOR, lambda k, rt, i: bench_pod.run_pod(
                 c, k, handlers[k], i, settle=0)["start"])
-        if "pod" in rows:
-            res["pod"] = one_at_a_time()
-        if "pods" in rows:
-            res["pods"] = interleaved(max(3, runs // QUICK_ROWS_FACTOR), lambda k, rt, i: (
-                bench_pod.run_pods_at_once(c, k, handlers[k], i, PODS_AT_ONCE)))
-        if "podloaded" in rows:
-            with Load(c.dir):
-                res["podloaded"] = one_at_a_time()
     finally:
         problems = c.cleanup()
         if problems:
@@ -525,17 +521,17 @@ def main(argv=None):
                  ("updown", lambda: row_updown(c, a.runs, res)),
                  ("stdout", lambda: row_stdout(c, a.runs, res, {
                      k: statistics.median(v) * 1e3 for k, v in res["run"].items()})),
-                 ("pod", lambda: row_pod(quick, res, rows & {"pod", "pods"})),
+                 ("pod", lambda: row_pod(a.runs, res, "pod")),
+                 ("pods", lambda: row_pod(a.runs, res, "pods")),
                  ("memory", lambda: row_memory(c, [int(x) for x in a.mem_n.split(",")], res,
                                                a.ksm)),
                  # last: its load's writeback and page cache churn outlive
                  # it (the pod row, which came after it, read 1.13-1.19x
                  # there against 0.79-0.92x on its own)
                  ("loaded", lambda: row_loaded(c, quick, res, scratch)),
-                 ("podloaded", lambda: row_pod(quick, res, {"podloaded"}))]
+                 ("podloaded", lambda: row_pod(a.runs, res, "podloaded"))]
         for name, fn in steps:
-            if (name in rows or name == "pod" and "pods" in rows) and (
-                    name != "stdout" or "run" in res):
+            if name in rows and (name != "stdout" or "run" in res):
                 t0 = time.monotonic()
                 fn()
                 _reap_orphans(set(), settle=0.2)     # shims that exited meanwhile

@@ -18,7 +18,7 @@ import pytest
 
 from support import template
 from support.containerd import GO_RUNTIME, PY_RUNTIME, Containerd
-from support.helpers import wait_status
+from support.helpers import tracer_pid, wait_status
 from support.ksm import Ksmd, mergeable_mappings, merging_pages
 from support.leaks import socket_path
 from support.shimwire import memory_kib
@@ -325,11 +325,6 @@ def test_turned_off_by_the_runtime_options(cd, own_template, tmp_path):
     assert own_template.poll() is None
 
 
-def _traced(pid):
-    with open("/proc/%d/status" % pid) as f:
-        return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
-
-
 def test_forked_shims_import_nothing(cd, own_template, tmp_path):
     """Whatever a serving shim runs was imported by the template: a shim
     forked from it reads no Python module (an import would be read on the
@@ -352,7 +347,7 @@ def test_forked_shims_import_nothing(cd, own_template, tmp_path):
                                "-p", str(own_template.pid)])
     try:
         deadline = time.monotonic() + 30
-        while not _traced(own_template.pid):
+        while tracer_pid(own_template.pid) == 0:
             assert time.monotonic() < deadline, "strace did not attach"
             time.sleep(0.05)
         _run_detached(c, "plain")

@@ -107,3 +107,12 @@ exec %(runc)s "$@"
 """ % {"step": step, "dir": dir, "runc": shutil.which("runc")})
     os.chmod(path, 0o755)
     return path
+
+
+def tracer_pid(pid):
+    """The PID tracing pid (an attached strace), 0 if none."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1])
+    return 0

@@ -8,6 +8,7 @@ import pytest
 from shim import _native
 from shim.loop import Future, get_loop, sleep, wait_for
 from shim.reaper import Reaper, exit_code
+from support.helpers import tracer_pid
 
 loop = get_loop()
 
@@ -223,7 +224,7 @@ def test_copy_keeps_what_arrives_as_the_writer_hangs_up():
         tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-e", "trace=ioctl",
                                    "-e", "inject=ioctl:delay_exit=300000", "-p", str(pid)])
         deadline = time.monotonic() + 10
-        while _tracer_pid(pid) == 0:
+        while tracer_pid(pid) == 0:
             assert time.monotonic() < deadline, "strace did not attach"
             time.sleep(0.01)
         out, err = helper.communicate("g", timeout=30)
@@ -233,14 +234,6 @@ def test_copy_keeps_what_arrives_as_the_writer_hangs_up():
                 p.kill()
                 p.wait()
     assert out.split() == ["0", "100000"], (out, err)
-
-
-def _tracer_pid(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("TracerPid:"):
-                return int(line.split()[1])
-    return 0
 
 
 def test_copy_to_a_device_that_cannot_be_polled(reaper):
