@@ -49,24 +49,33 @@ def _rss_anon(pid):
     return 0
 
 
-def start_pod(c, name, handler):
-    """RunPodSandbox, then CreateContainer+StartContainer x 3 (`sleep`
-    containers), as a kubelet does; returns (pod id, seconds it took)."""
+def pod_config(c, name):
+    """The bench's pod: host network, its own cgroup parent."""
     pb = c.cri.pb
-    config = pb.PodSandboxConfig(
+    return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid="uid-" + name, namespace="bench"),
         linux=pb.LinuxPodSandboxConfig(
             cgroup_parent=c.cgroup_parent(name),
             security_context=pb.LinuxSandboxSecurityContext(
                 namespace_options=pb.NamespaceOption(network=2))))   # NODE
+
+
+def container_config(c, n):
+    """The pod's container n: `sleep 3600`."""
+    pb = c.cri.pb
+    return pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c%d" % n),
+                              image=pb.ImageSpec(image=IMAGE), command=["sleep", "3600"])
+
+
+def start_pod(c, name, handler):
+    """RunPodSandbox, then CreateContainer+StartContainer x 3 (`sleep`
+    containers), as a kubelet does; returns (pod id, seconds it took)."""
+    config = pod_config(c, name)
     t0 = time.perf_counter()
     pod = c.cri.run_pod_sandbox(config, runtime_handler=handler)
     try:
         for n in range(3):
-            cc = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c%d" % n),
-                                    image=pb.ImageSpec(image=IMAGE),
-                                    command=["sleep", "3600"])
-            cid = c.cri.create_container(pod, cc, config)
+            cid = c.cri.create_container(pod, container_config(c, n), config)
             c.cri.start_container(cid)
     except BaseException:
         remove_pod(c, pod)
@@ -79,7 +88,8 @@ def remove_pod(c, pod):
     c.cri.remove_pod_sandbox(pod)
 
 
-def _wait_no_shims(c):
+def wait_no_shims(c):
+    """Until the removed pods' shims have exited (10 s at most)."""
     deadline = time.monotonic() + 10
     while c.shims(CRI_NAMESPACE) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -97,7 +107,7 @@ def run_pod(c, key, handler, i, settle=SETTLE):
         anon = sum(_rss_anon(p) for p in pids)
     finally:
         remove_pod(c, pod)
-    _wait_no_shims(c)
+    wait_no_shims(c)
     return {"start": dt, "pss": tot["pss"], "anon": anon, "procs": tot["procs"]}
 
 
@@ -117,7 +127,7 @@ def run_pods_at_once(c, key, handler, i, n=10):
             return time.perf_counter() - t0
         finally:
             list(pool.map(lambda pod: remove_pod(c, pod), list(started)))
-            _wait_no_shims(c)
+            wait_no_shims(c)
 
 
 @pytest.fixture(scope="module")
