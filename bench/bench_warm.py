@@ -479,6 +479,17 @@ def plot(res, out_dir, tag):
     return done
 
 
+def _build_of(binary):
+    """What `containerd --version` says after the package path (Debian's
+    "2.1.9~ds1 ...", a local build's "v2.3.4 <revision>"): where it came from."""
+    try:
+        out = subprocess.run([binary, "--version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return " ".join(out[2:]) or "?"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=15)
@@ -545,7 +556,7 @@ def main(argv=None):
         _reap_orphans(set(), settle=0.5)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "containerd": ".".join(map(str, c.version)),
+        "containerd": "%s (%s)" % (".".join(map(str, c.version)), _build_of(c.binary)),
         "machine": "%d cores, %s, kernel %s" % (os.cpu_count() or 0, platform.machine(),
                                                 platform.release()),
         "load average (1 min) at start / end": "%.1f / %.1f" % (load0[0], os.getloadavg()[0]),
