@@ -24,6 +24,7 @@ import pytest
 
 import memory  # bench/memory.py (bench/conftest.py puts bench/ on sys.path)
 from support.containerd import CRI_GO_HANDLER, CRI_NAMESPACE, CRI_PY_HANDLER, Containerd
+from support.helpers import status_field
 
 HANDLERS = (("go", CRI_GO_HANDLER), ("py", CRI_PY_HANDLER))
 IDS = [k for k, _ in HANDLERS]
@@ -39,14 +40,6 @@ def _interleaved(n, fn):
         for key, h in order:
             out[key].append(fn(key, h, i))
     return out
-
-
-def _rss_anon(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1])
-    return 0
 
 
 def pod_config(c, name):
@@ -104,7 +97,7 @@ def run_pod(c, key, handler, i, settle=SETTLE):
         time.sleep(settle)
         pids = [p for p, a in c.shims(CRI_NAMESPACE) if a[-1] not in memory.ACTIONS]
         tot = memory.measure(pids)
-        anon = sum(_rss_anon(p) for p in pids)
+        anon = sum(status_field(p, "RssAnon") for p in pids)
     finally:
         remove_pod(c, pod)
     wait_no_shims(c)

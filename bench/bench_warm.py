@@ -58,7 +58,7 @@ import memory  # noqa: E402
 from support import template  # noqa: E402
 from support.ksm import Ksmd  # noqa: E402
 from support.containerd import (CRI_GO_HANDLER, CRI_PY_HANDLER, GO_RUNTIME,  # noqa: E402
-                                PY_RUNTIME, Containerd)
+                                PY_RUNTIME, Containerd, containerd_build)
 
 RUNTIMES = (("go", GO_RUNTIME), ("py", PY_RUNTIME))
 QUICK_ROWS_FACTOR = 3       # run, loaded, exec, pod, podloaded: --runs x this
@@ -479,17 +479,6 @@ def plot(res, out_dir, tag):
     return done
 
 
-def _build_of(binary):
-    """What `containerd --version` says after the package path (Debian's
-    "2.1.9~ds1 ...", a local build's "v2.3.4 <revision>"): where it came from."""
-    try:
-        out = subprocess.run([binary, "--version"], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, timeout=30).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return " ".join(out[2:]) or "?"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=15)
@@ -556,7 +545,7 @@ def main(argv=None):
         _reap_orphans(set(), settle=0.5)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "containerd": "%s (%s)" % (".".join(map(str, c.version)), _build_of(c.binary)),
+        "containerd": "%s (%s)" % (".".join(map(str, c.version)), containerd_build(c.binary)),
         "machine": "%d cores, %s, kernel %s" % (os.cpu_count() or 0, platform.machine(),
                                                 platform.release()),
         "load average (1 min) at start / end": "%.1f / %.1f" % (load0[0], os.getloadavg()[0]),

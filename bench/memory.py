@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "tests"))
 
 from support.containerd import (GO_RUNTIME, PY_RUNTIME, Containerd,  # noqa: E402
                                 find_pyshim_binary, shim_processes)
+from support.helpers import status_field  # noqa: E402
 
 ACTIONS = ("start", "delete")
 
@@ -52,11 +53,7 @@ def uss(pid):
 
 
 def threads(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
-    return 0
+    return status_field(pid, "Threads")
 
 
 def shim_pids(namespace, address=None):

@@ -41,9 +41,9 @@ RUNC_VERBS = ("create", "start", "exec", "state", "kill", "delete", "features", 
 # One line per runc call: start and end (epoch seconds), then runc's argv.
 WRAPPER = """#!/bin/bash
 t0=$EPOCHREALTIME
-%s "$@"
+"%s" "$@"
 rc=$?
-echo "$t0 $EPOCHREALTIME $*" >> %s
+echo "$t0 $EPOCHREALTIME $*" >> "%s"
 exit $rc
 """
 

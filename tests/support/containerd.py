@@ -210,28 +210,38 @@ def containerd_bin_dir():
     return os.path.abspath(d) if d else None
 
 
-def containerd_version(binary=None):
-    """(major, minor, patch) of `binary` (default: the containerd the tests
-    use); (0, 0, 0) when it cannot be told."""
+def _version_words(binary=None):
+    """The words `binary --version` prints (default: the containerd the
+    tests use), e.g. "containerd github.com/containerd/containerd/v2
+    2.1.9~ds1 <rev>"; [] when it cannot be run."""
     if binary is None:
         d = containerd_bin_dir()
         binary = os.path.join(d, "containerd") if d else (shutil.which("containerd")
                                                            or "containerd")
     if binary not in _versions:
-        v = (0, 0, 0)
         try:
-            out = subprocess.run([binary, "--version"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True, timeout=30).stdout
-            # "containerd github.com/containerd/containerd/v2 2.1.9~ds1 <rev>"
-            for word in out.split():
-                nums = word.lstrip("v").split("~")[0].split("+")[0].split("-")[0].split(".")
-                if len(nums) >= 2 and all(n.isdigit() for n in nums[:3]):
-                    v = tuple(int(n) for n in (nums + ["0"])[:3])
-                    break
+            _versions[binary] = subprocess.run(
+                [binary, "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                text=True, timeout=30).stdout.split()
         except (OSError, subprocess.SubprocessError):
-            pass
-        _versions[binary] = v
+            _versions[binary] = []
     return _versions[binary]
+
+
+def containerd_version(binary=None):
+    """(major, minor, patch) of `binary` (default: the containerd the tests
+    use); (0, 0, 0) when it cannot be told."""
+    for word in _version_words(binary):
+        nums = word.lstrip("v").split("~")[0].split("+")[0].split("-")[0].split(".")
+        if len(nums) >= 2 and all(n.isdigit() for n in nums[:3]):
+            return tuple(int(n) for n in (nums + ["0"])[:3])
+    return (0, 0, 0)
+
+
+def containerd_build(binary=None):
+    """What `--version` says after the package path: Debian's "2.1.9~ds1
+    ...", a local build's "v2.3.4 <revision>"; "?" when it cannot be told."""
+    return " ".join(_version_words(binary)[2:]) or "?"
 
 
 def task_service(version=None):

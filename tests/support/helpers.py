@@ -109,10 +109,16 @@ exec %(runc)s "$@"
     return path
 
 
-def tracer_pid(pid):
-    """The PID tracing pid (an attached strace), 0 if none."""
+def status_field(pid, name):
+    """The number a /proc/PID/status line `name:` starts with (kB for sizes),
+    0 if there is no such line."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("TracerPid:"):
+            if line.startswith(name + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def tracer_pid(pid):
+    """The PID tracing pid (an attached strace), 0 if none."""
+    return status_field(pid, "TracerPid")
