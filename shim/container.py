@@ -88,7 +88,7 @@ class Container:
         with self.exits.window(p) as w:
             try:
                 if req.rootfs:
-                    self._mount_rootfs(req.rootfs)
+                    await self._mount_rootfs(req.rootfs)
                 bundle_files.write_bundle_options(self.bundle, self.opts)
                 bundle_files.clear_deleted_mark(self.bundle)     # a reused bundle dir
                 p.io = self.new_io(p)
@@ -127,11 +127,11 @@ class Container:
         self.init = p
         return p
 
-    def _mount_rootfs(self, mounts):
+    async def _mount_rootfs(self, mounts):
         rootfs = os.path.join(self.bundle, "rootfs")
         os.makedirs(rootfs, 0o711, exist_ok=True)
         try:
-            mount.mount_all(mounts, rootfs)
+            await mount.mount_all(mounts, rootfs, self.reaper)
         except OSError as e:
             # The Go shim's words; a refused mount is no shim fault.
             raise errors.unknown("failed to mount rootfs component: %s" % e)

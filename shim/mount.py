@@ -1,16 +1,17 @@
 """Mounting CreateTaskRequest.rootfs onto <bundle>/rootfs (spec runc.md §4).
 
     flags, data, remount_ro, loop = parse_options(["ro", "bind"])
-    mount_all(req.rootfs, rootfs)     # each has .type, .source, .options
+    await mount_all(req.rootfs, rootfs, reaper)   # each has .type, .source, .options
     unmount_all(rootfs)               # umount2 until EINVAL; EBUSY retried
 
 Beyond plain mount(2): `loop` (shim/loopdev.py), overlays whose lowerdir=
 would not fit in a page (relative to their common parent, mounted from a
-thread that chdir'd there) and uidmap=/gidmap= idmapped mounts
-(shim/idmap.py).
+thread that chdir'd there), uidmap=/gidmap= idmapped mounts (shim/idmap.py)
+and FUSE types, made by their mount helper (shim/mount_helper.py).
 
-Blocking calls (mount(2)/umount2(2) are quick); unmount_all may sleep up to
-50 x 50 ms on a busy mount, like containerd's UnmountAll.
+Blocking calls (mount(2)/umount2(2) are quick) but for the mount helper,
+awaited; unmount_all may sleep up to 50 x 50 ms on a busy mount, like
+containerd's UnmountAll.
 """
 import os
 import time
@@ -170,15 +171,19 @@ def compact_lowerdirs(options):
     return parent, options[:i] + [rel] + options[i + 1:]
 
 
+def is_fuse(mtype):
+    """fuse.<subtype> / fuse3.<subtype>: mounted by mount.fuse / mount.fuse3."""
+    return mtype.startswith(("fuse.", "fuse3."))
+
+
 def mount_one(m, target):
     """Mount one containerd Mount (type/source/options) on target.
     Returns the number of mounts stacked on target."""
     mtype = getattr(m, "type", "") or ""
     source = getattr(m, "source", "") or ""
     options = list(getattr(m, "options", None) or ())
-    if mtype.startswith("fuse.") or mtype.startswith("fuse3."):
-        # TODO: run mount.fuse / mount.fuse3 <source> <target> -o ... -t <subtype>
-        raise MountError(95, "mount %s on %s: fuse mounts (%s) are not supported yet"
+    if is_fuse(mtype):
+        raise MountError(EINVAL, "mount %s on %s: %s is mounted by its helper (mount_all)"
                          % (source, target, mtype))
     options, uidmap, gidmap = split_options(options)
     if uidmap is None and gidmap is None:
@@ -251,13 +256,22 @@ def _mount_loop(source, target, mtype, flags, data):
         os.close(fd)
 
 
-def mount_all(mounts, target):
-    """Mount each entry on target in order. On failure, unmount what this
-    call mounted and re-raise."""
+async def mount_all(mounts, target, reaper=None):
+    """Mount each entry on target in order; FUSE types by their helper
+    (shim/mount_helper.py), run through `reaper`: the one step that awaits.
+    On failure, unmount what this call mounted and re-raise."""
     done = 0
     try:
         for m in mounts:
-            done += mount_one(m, target)
+            mtype = getattr(m, "type", "") or ""
+            if reaper is not None and is_fuse(mtype):
+                from shim import mount_helper       # only FUSE mounts need it
+                await mount_helper.run(reaper, mount_helper.helper_argv(
+                    mtype, getattr(m, "source", "") or "",
+                    list(getattr(m, "options", None) or ()), target))
+                done += 1
+            else:
+                done += mount_one(m, target)
     except BaseException:
         for _ in range(done):
             _umount_quiet(target)

@@ -20,6 +20,7 @@ and written by shim.bundle.
 import os
 
 from shim import _native
+from shim.capture import OutputCapture
 from shim.runc_errors import RuncError, error_message, exec_error, log_size, read_log_error
 
 DEFAULT_BINARY = "runc"
@@ -27,8 +28,6 @@ DEFAULT_ROOT = "/run/containerd/runc"
 INIT_PID_FILE = "init.pid"
 LOG_FILE = "log.json"
 SIGKILL = 9
-
-_MAX_OUTPUT = 4 << 20
 
 
 # ---- pid file -----------------------------------------------------------------
@@ -63,69 +62,6 @@ def _memfd(data):
         os.close(fd)
         raise
     return fd
-
-
-class _Capture:
-    """Read end of an output pipe, drained through the loop while the child
-    runs and once more after it exited. EOF is not awaited: a grandchild
-    (the container init) may hold the write end."""
-
-    def __init__(self, loop):
-        self.loop = loop
-        self.r, self.w = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(self.r, False)
-        self.chunks = []
-        self.size = 0
-        self.watching = False
-
-    def start(self):
-        os.close(self.w)
-        self.w = -1
-        self.loop.add_reader(self.r, self._on_readable)
-        self.watching = True
-
-    def _read(self):
-        """Read what is available; False at EOF."""
-        while True:
-            try:
-                b = os.read(self.r, 65536)
-            except BlockingIOError:
-                return True
-            except InterruptedError:
-                continue
-            except OSError:
-                return False
-            if not b:
-                return False
-            if self.size < _MAX_OUTPUT:
-                self.chunks.append(b)
-                self.size += len(b)
-
-    def _on_readable(self):
-        if not self._read():
-            self._unwatch()
-
-    def _unwatch(self):
-        if self.watching:
-            self.watching = False
-            self.loop.remove_reader(self.r)
-
-    def finish(self):
-        if self.r >= 0:
-            self._unwatch()
-            self._read()
-            self.close()
-        return b"".join(self.chunks)
-
-    def close(self):
-        self._unwatch()
-        for fd in (self.r, self.w):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.r = self.w = -1
 
 
 # ---- the driver ------------------------------------------------------------
@@ -192,9 +128,9 @@ class Runc:
                 else:
                     fd0 = devnull(os.O_RDONLY)
                 opened.append(fd0)
-                out = _Capture(loop)
+                out = OutputCapture(loop)
                 if stdout_only:
-                    err = _Capture(loop)
+                    err = OutputCapture(loop)
                     fds = [fd0, out.w, err.w]
                 else:
                     fds = [fd0, out.w, out.w]

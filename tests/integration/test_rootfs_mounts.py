@@ -4,10 +4,13 @@ containerd 2.x snapshotters send them:
 
   * an image file with the `loop` option (EROFS / image-file snapshotters);
   * an overlay of 200 layers whose options do not fit in one page;
-  * an idmapped overlay (uidmap=/gidmap=, user-namespaced pods).
+  * an idmapped overlay (uidmap=/gidmap=, user-namespaced pods);
+  * a FUSE overlay (`fuse3.fuse-overlayfs`, the fuse-overlayfs snapshotter's),
+    made by mount.fuse3; on both shims, the Go shim being the reference.
 
 Each container runs and prints what it sees; after Delete nothing stays
-mounted under the bundle and no loop device stays attached."""
+mounted under the bundle, no loop device stays attached and no FUSE daemon
+stays running."""
 import glob
 import json
 import os
@@ -22,7 +25,7 @@ from shim import _native, ttrpc, ttrpc_client
 from shim.pb import task as pb
 from shim.pb import types
 from support.bundle import busybox_rootfs
-from support.containerd import PY_RUNTIME, mounts_under
+from support.containerd import GO_RUNTIME, PY_RUNTIME, mounts_under
 from support.helpers import address_of, wait_status
 
 pytestmark = pytest.mark.integration
@@ -95,7 +98,9 @@ class Shim:
         out = os.path.join(self.workdir, id + ".out")
         self.created.append(id)
         self.call("Create", pb.CreateTaskRequest(
-            id=id, bundle=b, stdout="file://" + out,
+            # Both, as containerd's clients give a log file (the Go shim
+            # copies stderr to stdout's file, and would copy from no pipe).
+            id=id, bundle=b, stdout="file://" + out, stderr="file://" + out,
             rootfs=[types.Mount(type=t, source=s, options=list(o)) for t, s, o in mounts]),
             pb.CreateTaskResponse)
         return b, out
@@ -139,8 +144,10 @@ def workdir():
 
 
 @pytest.fixture
-def shim(containerd, ctr_run, cid, workdir):
-    ctr_run("sleep", "3600", runtime=PY_RUNTIME, id=cid, detach=True, check=True)
+def shim(containerd, ctr_run, cid, workdir, request):
+    # pyshim's, or the shim of the runtime given by indirect parametrization.
+    runtime = getattr(request, "param", PY_RUNTIME)
+    ctr_run("sleep", "3600", runtime=runtime, id=cid, detach=True, check=True)
     assert wait_status(containerd, cid, "RUNNING") == "RUNNING"
     s = Shim(containerd, cid, workdir)
     yield s
@@ -310,3 +317,77 @@ def test_idmapped_overlay_in_a_user_namespace(shim, workdir):
                 ["stat", "-c", "%u:%g %n", "/owned", "/bin/busybox"], spec_edit=userns)
     assert shim.run(id) == (0, "1000:1001 /owned\n0:0 /bin/busybox\n")
     assert mounts_under(workdir) == []
+
+
+def fuse_daemons(mountpoint):
+    """pid -> ppid of the fuse-overlayfs processes serving `mountpoint`."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                argv = f.read().split(b"\0")
+            with open("/proc/%s/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if os.path.basename(argv[0]) == b"fuse-overlayfs" and mountpoint.encode() in argv:
+            if fields[0] != "Z":
+                out[int(pid)] = int(fields[1])
+    return out
+
+
+def wait_no_daemons(mountpoint, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while fuse_daemons(mountpoint) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return fuse_daemons(mountpoint)
+
+
+@pytest.mark.parametrize("shim", [GO_RUNTIME, PY_RUNTIME], ids=["go", "py"], indirect=True)
+def test_fuse_overlayfs_rootfs(shim, workdir):
+    for tool, pkg in (("mount.fuse3", "fuse3"), ("fuse-overlayfs", "fuse-overlayfs")):
+        if shutil.which(tool) is None:
+            pytest.skip("%s missing (apt-get install %s)" % (tool, pkg))
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    snaps = os.path.join(workdir, "snapshots")
+    lower1, lower2 = os.path.join(snaps, "1", "fs"), os.path.join(snaps, "2", "fs")
+    shim.rootfs(lower1)
+    with open(os.path.join(lower1, "first.txt"), "w") as f:
+        f.write("from the first layer\n")
+    os.makedirs(lower2)
+    with open(os.path.join(lower2, "second.txt"), "w") as f:
+        f.write("from the second layer\n")
+    upper, work = os.path.join(snaps, "3", "fs"), os.path.join(snaps, "3", "work")
+    os.makedirs(upper)
+    os.makedirs(work)
+    # As the fuse-overlayfs snapshotter gives them: top-most layer first.
+    options = ["lowerdir=%s:%s" % (lower2, lower1), "upperdir=" + upper, "workdir=" + work]
+    id = "fuse-overlay"
+    bundle, _ = shim.create(id, [("fuse3.fuse-overlayfs", "overlay", options)], [
+        "sh", "-c", "cat /first.txt /second.txt; echo new > /new.txt"], readonly=False)
+    rootfs = os.path.join(bundle, "rootfs")
+    assert mounts_under(bundle) == [rootfs]
+    # The helper is gone; its daemon serves the mount, the shim's (a
+    # subreaper's) orphan.
+    assert list(fuse_daemons(rootfs).values()) == [shim.pid]
+    assert shim.run(id) == (0, "from the first layer\nfrom the second layer\n")
+    with open(os.path.join(upper, "new.txt")) as f:
+        assert f.read() == "new\n"
+    assert mounts_under(workdir) == []
+    # Unmounted at Delete: the daemon ended, and was reaped by the shim.
+    assert wait_no_daemons(rootfs) == {}
+
+    # A helper that fails: Create says what it printed; nothing is left.
+    bad = ["lowerdir=" + os.path.join(snaps, "missing"), "upperdir=" + upper, "workdir=" + work]
+    with pytest.raises(ttrpc.TTRPCError) as e:
+        shim.create(id + "-bad", [("fuse3.fuse-overlayfs", "overlay", bad)], ["true"])
+    shim.created.remove(id + "-bad")
+    rootfs = os.path.join(workdir, "bundle-" + id + "-bad", "rootfs")
+    msg = e.value.message
+    assert msg.startswith("failed to mount rootfs component"), msg
+    assert (": mount helper [mount.fuse3 [overlay %s -o %s -o %s -o %s -t fuse-overlayfs]] "
+            "failed: \"" % (rootfs, bad[0], bad[1], bad[2])) in msg, msg
+    assert msg.endswith("\": exit status 1"), msg
+    assert mounts_under(workdir) == []
+    assert wait_no_daemons(rootfs) == {}

@@ -8,6 +8,7 @@ import pytest
 
 from shim import _native, idmap, mount
 from shim.mount import MNT_DETACH, MountError
+from support.helpers import mount_all_now
 
 UIDS = "uidmap=0:100000:65536"
 GIDS = "gidmap=0:200000:65536"
@@ -95,8 +96,8 @@ def test_overlay_failure_cleans_up(fake, tmp_path, step):
     fake.fail = step
     target = str(tmp_path / "rootfs")
     with pytest.raises(MountError) as ei:
-        mount.mount_all([M(type="overlay", source="overlay",
-                           options=["lowerdir=/s/1/fs:/s/2/fs", UIDS, GIDS])], target)
+        mount_all_now([M(type="overlay", source="overlay",
+                         options=["lowerdir=/s/1/fs:/s/2/fs", UIDS, GIDS])], target)
     assert ei.value.errno == 22
     if step == "idmap":
         assert str(ei.value) == ("mount overlay on %s: idmap /s: idmap failed: "
@@ -224,7 +225,7 @@ def test_real_idmapped_overlay(tmp_path):
     opts = ["workdir=%s/work" % tmp_path, "upperdir=%s/up" % tmp_path,
             "lowerdir=%s/2/fs:%s/1/fs" % (s, s), UIDS, GIDS]
     try:
-        mount.mount_all([M(type="overlay", source="overlay", options=opts)], target)
+        mount_all_now([M(type="overlay", source="overlay", options=opts)], target)
         st = os.stat(os.path.join(target, "root-owned"))
         assert (st.st_uid, st.st_gid) == (100000, 200000)
         st = os.stat(os.path.join(target, "user-owned"))
@@ -251,8 +252,8 @@ def test_real_idmapped_bind(tmp_path):
     target = str(tmp_path / "rootfs")
     os.mkdir(target)
     try:
-        mount.mount_all([M(type="bind", source=str(src), options=["rbind", "ro", UIDS, GIDS])],
-                        target)
+        mount_all_now([M(type="bind", source=str(src), options=["rbind", "ro", UIDS, GIDS])],
+                      target)
         st = os.stat(os.path.join(target, "f"))
         assert (st.st_uid, st.st_gid) == (100007, 200008)
         with pytest.raises(OSError):

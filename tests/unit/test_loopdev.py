@@ -10,6 +10,7 @@ from types import SimpleNamespace as M
 import pytest
 
 from shim import _native, loopdev, mount
+from support.helpers import mount_all_now
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/loop-control"),
                                 reason="needs root and /dev/loop-control")
@@ -121,7 +122,7 @@ def test_loop_mount_and_failed_mount_release_the_device(tmp_path):
     target = str(tmp_path / "t")
     os.mkdir(target)
     try:
-        mount.mount_all([M(type="ext4", source=img, options=["loop", "ro"])], target)
+        mount_all_now([M(type="ext4", source=img, options=["loop", "ro"])], target)
         with open(os.path.join(target, "hello")) as f:
             assert f.read() == "from the image\n"
         (dev,) = attached(img)
@@ -131,7 +132,7 @@ def test_loop_mount_and_failed_mount_release_the_device(tmp_path):
     assert wait_detached(img) == []
     # A mount that fails (wrong type) leaves no device behind.
     with pytest.raises(mount.MountError) as ei:
-        mount.mount_all([M(type="xfs", source=img, options=["loop", "ro"])], target)
+        mount_all_now([M(type="xfs", source=img, options=["loop", "ro"])], target)
     assert str(ei.value).startswith("mount /dev/loop")
     assert "(loop device for %s) on %s: " % (img, target) in str(ei.value)
     assert wait_detached(img) == []

@@ -8,6 +8,7 @@ import pytest
 from shim import mount
 from shim.mount import (MS_BIND, MS_NOATIME, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY,
                         MS_REC, MS_RELATIME, MS_REMOUNT, MS_SYNCHRONOUS, parse_options)
+from support.helpers import mount_all_now
 
 
 def test_parse_overlay():
@@ -90,7 +91,7 @@ def fake(monkeypatch):
 def test_mount_all_in_order(fake):
     mounts = [M(type="overlay", source="overlay", options=["index=off", "lowerdir=/l"]),
               M(type="bind", source="/src", options=["rbind", "ro"])]
-    mount.mount_all(mounts, "/b/rootfs")
+    mount_all_now(mounts, "/b/rootfs")
     assert fake.calls == [
         ("mount", "overlay", "/b/rootfs", "overlay", 0, "index=off,lowerdir=/l"),
         ("mount", "/src", "/b/rootfs", "bind", MS_BIND | MS_REC | MS_RDONLY, ""),
@@ -119,24 +120,24 @@ def test_mount_all_undoes_on_failure(fake):
               M(type="tmpfs", source="b", options=[]),
               M(type="tmpfs", source="c", options=[])]
     with pytest.raises(OSError):
-        mount.mount_all(mounts, "/t")
+        mount_all_now(mounts, "/t")
     assert fake.stack == []
     assert [c[0] for c in fake.calls] == ["mount", "mount", "mount", "umount2", "umount2"]
 
 
 def test_mount_rejects_long_data_and_unsupported(fake):
     with pytest.raises(OSError) as ei:
-        mount.mount_all([M(type="tmpfs", source="tmpfs",
-                           options=["size=1m," + "x" * 4096])], "/t")
+        mount_all_now([M(type="tmpfs", source="tmpfs",
+                         options=["size=1m," + "x" * 4096])], "/t")
     assert str(ei.value) == ("mount tmpfs on /t: mount options is too long (4104 bytes, "
                              "mount(2) takes %d)" % (mount.PAGE_SIZE - 1))
     # Even an overlay, when its lowerdirs share no parent below /.
     with pytest.raises(OSError, match="too long"):
-        mount.mount_all([M(type="overlay", source="overlay",
-                           options=["lowerdir=" + ":".join("/l%d" % i for i in range(1000))])],
-                        "/t")
+        mount_all_now([M(type="overlay", source="overlay",
+                         options=["lowerdir=" + ":".join("/l%d" % i for i in range(1000))])],
+                      "/t")
     with pytest.raises(OSError, match="fuse"):
-        mount.mount_all([M(type="fuse.sshfs", source="x:/", options=[])], "/t")
+        mount_all_now([M(type="fuse.sshfs", source="x:/", options=[])], "/t")
     assert fake.calls == []
 
 
@@ -154,7 +155,7 @@ def test_x_containerd_options_are_refused(fake):
     for opt in ("X-containerd.mkdir.path=/x/upper:0755", "X-containerd.mkfs.fs=ext4",
                 "X-containerd.anything"):
         with pytest.raises(mount.MountError) as ei:
-            mount.mount_all([M(type="tmpfs", source="tmpfs", options=["size=1m", opt])], "/t")
+            mount_all_now([M(type="tmpfs", source="tmpfs", options=["size=1m", opt])], "/t")
         assert ei.value.errno == 22
         assert str(ei.value) == ('internal mount option "%s" was not consumed by the mount '
                                  "manager" % opt)
@@ -221,7 +222,7 @@ def test_long_overlay_mount_error(fake, monkeypatch):
     monkeypatch.setattr(mount._native, "mount_in_dir", fail)
     opts = ["lowerdir=" + ":".join("/s/%d/fs" % n for n in range(100, 600))]
     with pytest.raises(mount.MountError) as ei:
-        mount.mount_all([M(type="overlay", source="overlay", options=opts)], "/b/rootfs")
+        mount_all_now([M(type="overlay", source="overlay", options=opts)], "/b/rootfs")
     assert ei.value.errno == 2
     rel = ":".join("%d/fs" % n for n in range(100, 600))
     assert str(ei.value) == ("mount overlay on /b/rootfs: No such file or directory (type overlay, "
@@ -259,7 +260,7 @@ def fake_loop(monkeypatch):
 
 
 def test_loop_mounts_the_device_and_closes_it(fake, fake_loop):
-    mount.mount_all([M(type="erofs", source="/s/layer.erofs", options=["ro", "loop"])], "/t")
+    mount_all_now([M(type="erofs", source="/s/layer.erofs", options=["ro", "loop"])], "/t")
     assert fake_loop.attached == [("/s/layer.erofs", True, False)]
     assert fake.calls == [("mount", "/dev/loop7", "/t", "erofs", MS_RDONLY, "")]
     # Autoclear: the mount holds the device from now on.
@@ -276,7 +277,7 @@ def test_loop_direct_io_and_rw(fake, fake_loop):
 def test_loop_mount_failure_releases_the_device(fake, fake_loop):
     fake.fail_at = 1
     with pytest.raises(mount.MountError) as ei:
-        mount.mount_all([M(type="ext4", source="/img", options=["loop"])], "/t")
+        mount_all_now([M(type="ext4", source="/img", options=["loop"])], "/t")
     assert fake_loop.closed()           # autoclear detaches it at this close
     assert ei.value.errno == 22
     assert str(ei.value) == ("mount /dev/loop7 (loop device for /img) on /t: Invalid argument "
@@ -330,8 +331,8 @@ def test_real_stacked_tmpfs(tmp_path):
     target = str(tmp_path / "rootfs")
     os.mkdir(target)
     try:
-        mount.mount_all([M(type="tmpfs", source="tmpfs", options=["size=1m", "nosuid"]),
-                         M(type="tmpfs", source="tmpfs", options=["size=2m", "ro"])], target)
+        mount_all_now([M(type="tmpfs", source="tmpfs", options=["size=1m", "nosuid"]),
+                       M(type="tmpfs", source="tmpfs", options=["size=2m", "ro"])], target)
         with open("/proc/self/mountinfo") as f:
             n = sum(1 for line in f if line.split()[4] == target)
         assert n == 2
@@ -352,7 +353,7 @@ def test_real_bind_ro(tmp_path):
     target = str(tmp_path / "rootfs")
     os.mkdir(target)
     try:
-        mount.mount_all([M(type="bind", source=str(src), options=["rbind", "ro"])], target)
+        mount_all_now([M(type="bind", source=str(src), options=["rbind", "ro"])], target)
         assert open(os.path.join(target, "f")).read() == "x"
         with pytest.raises(OSError):
             open(os.path.join(target, "g"), "w")

@@ -1,0 +1,75 @@
+"""FUSE rootfs mounts: a Mount of type `fuse.<subtype>` or `fuse3.<subtype>`
+(the fuse-overlayfs snapshotter's `fuse3.fuse-overlayfs`, for one) is made
+by the mount helper, as containerd's mount package does:
+
+    mount.fuse3 <source> <target> -o <option> ... -t <subtype>
+
+    argv = helper_argv(m.type, m.source, m.options, target)
+    await run(reaper, argv)                                   # MountError
+
+The helper starts the FUSE daemon and returns once the mount is there; the
+daemon outlives it (a subreaper's orphan, the shim's until the mount goes:
+unmounting it, as any mount, with umount2, ends it). Its pid is claimed
+from the Reaper at spawn, so the ECHILD containerd retries its helper on
+cannot happen here.
+"""
+import json
+import os
+
+from shim import _native
+from shim.capture import OutputCapture
+from shim.mount import MountError
+
+EINVAL = 22
+SIGKILL = 9
+
+# type prefix -> helper binary (found on PATH, as containerd's exec does).
+HELPERS = (("fuse.", "mount.fuse"), ("fuse3.", "mount.fuse3"))
+
+
+def helper_argv(mtype, source, options, target):
+    """The helper's argv for a FUSE mount (mount.is_fuse(mtype))."""
+    for prefix, helper in HELPERS:
+        if mtype.startswith(prefix):
+            argv = [helper, source, target]
+            for o in options:
+                argv += ["-o", o]
+            return argv + ["-t", mtype[len(prefix):]]
+    raise ValueError("not a FUSE mount type: %r" % mtype)
+
+
+def _failed(argv, output, why):
+    # containerd's words: mount helper [<helper> [<args>]] failed: "<output>": <why>
+    return MountError(EINVAL, "mount helper [%s [%s]] failed: %s: %s" % (
+        argv[0], " ".join(argv[1:]), json.dumps(output, ensure_ascii=False), why))
+
+
+async def run(reaper, argv):
+    """Run the helper and await its exit; MountError if it failed."""
+    env = ["%s=%s" % kv for kv in os.environ.items() if kv[0] != "NOTIFY_SOCKET"]
+    out = OutputCapture(reaper.loop)
+    fd0 = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # PDEATHSIG reaches the helper only: the daemon it forks keeps
+        # serving the container if the shim dies.
+        pid = _native.spawn(argv[0], argv, env, [fd0, out.w, out.w], pdeathsig=SIGKILL)
+        exited = reaper.watch(pid)
+    except OSError as e:
+        out.close()
+        if e.errno == 2 and "/" not in argv[0]:
+            why = 'exec: "%s": executable file not found in $PATH' % argv[0]
+        else:
+            why = "fork/exec %s: %s" % (argv[0], e.strerror or e)
+        raise _failed(argv, "", why) from None
+    except BaseException:
+        out.close()
+        raise
+    finally:
+        os.close(fd0)
+    out.start()
+    try:
+        status = await exited
+    finally:
+        output = out.finish().decode("utf-8", "replace")
+    if status != 0:
+        raise _failed(argv, output, "exit status %d" % status)
