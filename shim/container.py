@@ -120,7 +120,7 @@ class Container:
                     p.io.close()
                 if self.rootfs_mounted:
                     try:
-                        mount.unmount_all(os.path.join(self.bundle, "rootfs"))
+                        mount.unmount_recursive(os.path.join(self.bundle, "rootfs"))
                     except OSError as e:
                         self.log.warning("unmount after failed create: %s" % e)
                 raise
@@ -212,7 +212,7 @@ class Container:
         cleaned = True
         if self.rootfs_mounted:
             try:
-                mount.unmount_all(os.path.join(self.bundle, "rootfs"))
+                mount.unmount_recursive(os.path.join(self.bundle, "rootfs"))
             except OSError as e:
                 cleaned = False
                 self.log.warning("unmount rootfs of %s: %s" % (self.id, e))

@@ -312,7 +312,7 @@ def do_delete(flags):
     # else: the serving shim's Delete already ran runc delete (the normal
     # path: containerd runs this action after every disconnect).
     try:
-        mount.unmount_all(os.path.join(bundle, "rootfs"))
+        mount.unmount_recursive(os.path.join(bundle, "rootfs"))
     except OSError as e:
         _warn("failed to cleanup rootfs mount: %s" % e)
     _remove_dead_socket(bundle)

@@ -1,8 +1,9 @@
 """Mounting CreateTaskRequest.rootfs onto <bundle>/rootfs (spec runc.md §4).
 
     flags, data, remount_ro, loop = parse_options(["ro", "bind"])
-    await mount_all(req.rootfs, rootfs, reaper)   # each has .type, .source, .options
+    await mount_all(req.rootfs, rootfs, reaper)   # each has .type, .source, .target, .options
     unmount_all(rootfs)               # umount2 until EINVAL; EBUSY retried
+    unmount_recursive(rootfs)         # and every mount below it, deepest first
 
 Beyond plain mount(2): `loop` (shim/loopdev.py), overlays whose lowerdir=
 would not fit in a page (relative to their common parent, mounted from a
@@ -13,7 +14,10 @@ Blocking calls (mount(2)/umount2(2) are quick) but for the mount helper,
 awaited; unmount_all may sleep up to 50 x 50 ms on a busy mount, like
 containerd's UnmountAll.
 """
+import codecs
 import os
+import posixpath
+import stat
 import time
 
 from shim import _native
@@ -38,6 +42,7 @@ MNT_DETACH = 0x2
 EBUSY = 16
 EINVAL = 22
 ENOENT = 2
+ELOOP = 40
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -256,26 +261,71 @@ def _mount_loop(source, target, mtype, flags, data):
         os.close(fd)
 
 
-async def mount_all(mounts, target, reaper=None):
-    """Mount each entry on target in order; FUSE types by their helper
-    (shim/mount_helper.py), run through `reaper`: the one step that awaits.
-    On failure, unmount what this call mounted and re-raise."""
-    done = 0
+async def mount_all(mounts, root, reaper=None):
+    """Mount each entry in order on root, or on its `target` below root
+    (containerd 2.x: a path inside the rootfs, see root_path); FUSE types
+    by their helper (shim/mount_helper.py), run through `reaper`: the one
+    step that awaits. On failure, unmount what this call mounted and
+    re-raise."""
+    done = []                   # mount points, one per mount stacked
     try:
         for m in mounts:
+            target = root_path(root, getattr(m, "target", "") or "")
             mtype = getattr(m, "type", "") or ""
             if reaper is not None and is_fuse(mtype):
                 from shim import mount_helper       # only FUSE mounts need it
                 await mount_helper.run(reaper, mount_helper.helper_argv(
                     mtype, getattr(m, "source", "") or "",
                     list(getattr(m, "options", None) or ()), target))
-                done += 1
-            else:
-                done += mount_one(m, target)
+                done.append(target)
+            elif mount_one(m, target):
+                done.append(target)
     except BaseException:
-        for _ in range(done):
+        for target in reversed(done):
             _umount_quiet(target)
         raise
+
+
+def root_path(root, path):
+    """`path` inside `root`, its symlinks resolved as if root were `/`, so
+    that it cannot lead out of root (continuity's fs.RootPath, which
+    containerd 2.x joins a Mount's target with). Components that do not
+    exist are taken as they are."""
+    if not path:
+        return root
+    path = _clean(path)                         # lexically first, as Go's Join
+    for _ in range(256):                        # symlinks followed, at most
+        link = _first_link(root, path)
+        if link is None:
+            return root if path == "/" else root + path
+        at, to = link
+        # The link's text replaces its own component: relative to its
+        # directory, or to root if absolute; then the rest follows.
+        base = "/" if to.startswith("/") else posixpath.dirname(at)
+        path = _clean(posixpath.join(base, to, posixpath.relpath(path, at)))
+    raise MountError(ELOOP, "resolve %s in %s: too many links" % (path, root))
+
+
+def _clean(path):
+    """Absolute and normalized (normpath keeps a leading "//")."""
+    return "/" + posixpath.normpath("/" + path).lstrip("/")
+
+
+def _first_link(root, path):
+    """(prefix of path, its link text) for the first symlink along path
+    (absolute, normalized) inside root, or None."""
+    prefix = ""
+    for name in path.split("/")[1:]:
+        prefix += "/" + name
+        try:
+            st = os.lstat(root + prefix)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _error(e, "resolve %s in %s" % (path, root))
+        if stat.S_ISLNK(st.st_mode):
+            return prefix, os.readlink(root + prefix)
+    return None
 
 
 def _umount_quiet(target):
@@ -308,3 +358,43 @@ def unmount_all(target, flags=0):
                 return
             raise
     raise MountError(EBUSY, "unmount %s: too many stacked mounts" % target)
+
+
+def unmount_recursive(root, flags=0):
+    """Unmount everything at or below root, deepest first, as containerd
+    1.7+ does at delete (a Mount's target mounted below the rootfs, or a
+    mount propagated there). Only root's own failure is raised: it fails
+    on whatever is left below it."""
+    try:
+        root = os.path.realpath(root, strict=True)
+    except OSError:
+        return                  # missing: nothing is mounted there
+    for point in mounts_below(root):
+        try:
+            unmount_all(point, flags)
+        except OSError:
+            pass
+    unmount_all(root, flags)
+
+
+def mounts_below(root):
+    """Mount points strictly below `root` (canonical), deepest first, from
+    /proc/self/mountinfo (scanned as bytes: most lines name other paths)."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        data = f.read()
+    prefix = _mountinfo_escape(os.fsencode(root)) + b"/"
+    if b" " + prefix not in data:
+        return []
+    points = set()
+    for line in data.split(b"\n"):
+        fields = line.split(b" ", 5)
+        if len(fields) > 4 and fields[4].startswith(prefix):
+            points.add(os.fsdecode(codecs.escape_decode(fields[4])[0]))
+    return sorted(points, key=len, reverse=True)
+
+
+def _mountinfo_escape(path):
+    """`path` as the kernel writes it in mountinfo (octal escapes)."""
+    for c in b"\\ \t\n":
+        path = path.replace(bytes((c,)), b"\\%03o" % c)
+    return path

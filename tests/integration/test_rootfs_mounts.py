@@ -6,7 +6,10 @@ containerd 2.x snapshotters send them:
   * an overlay of 200 layers whose options do not fit in one page;
   * an idmapped overlay (uidmap=/gidmap=, user-namespaced pods);
   * a FUSE overlay (`fuse3.fuse-overlayfs`, the fuse-overlayfs snapshotter's),
-    made by mount.fuse3; on both shims, the Go shim being the reference.
+    made by mount.fuse3;
+  * mounts with a `target` below the rootfs (containerd 2.x), unmounted
+    recursively at Delete.
+The last two on both shims, the Go shim being the reference.
 
 Each container runs and prints what it sees; after Delete nothing stays
 mounted under the bundle, no loop device stays attached and no FUSE daemon
@@ -25,7 +28,7 @@ from shim import _native, ttrpc, ttrpc_client
 from shim.pb import task as pb
 from shim.pb import types
 from support.bundle import busybox_rootfs
-from support.containerd import GO_RUNTIME, PY_RUNTIME, mounts_under
+from support.containerd import GO_RUNTIME, PY_RUNTIME, containerd_version, mounts_under
 from support.helpers import address_of, wait_status
 
 pytestmark = pytest.mark.integration
@@ -93,7 +96,8 @@ class Shim:
         return b
 
     def create(self, id, mounts, args, readonly=True, spec_edit=None):
-        """Create `id` on `mounts` ([(type, source, options)]): (bundle, out path)."""
+        """Create `id` on `mounts` ([(type, source, options[, target])]):
+        (bundle, out path)."""
         b = self.bundle(id, args, readonly, spec_edit)
         out = os.path.join(self.workdir, id + ".out")
         self.created.append(id)
@@ -101,7 +105,8 @@ class Shim:
             # Both, as containerd's clients give a log file (the Go shim
             # copies stderr to stdout's file, and would copy from no pipe).
             id=id, bundle=b, stdout="file://" + out, stderr="file://" + out,
-            rootfs=[types.Mount(type=t, source=s, options=list(o)) for t, s, o in mounts]),
+            rootfs=[types.Mount(type=m[0], source=m[1], options=list(m[2]),
+                                target=m[3] if len(m) > 3 else "") for m in mounts]),
             pb.CreateTaskResponse)
         return b, out
 
@@ -150,6 +155,7 @@ def shim(containerd, ctr_run, cid, workdir, request):
     ctr_run("sleep", "3600", runtime=runtime, id=cid, detach=True, check=True)
     assert wait_status(containerd, cid, "RUNNING") == "RUNNING"
     s = Shim(containerd, cid, workdir)
+    s.runtime = runtime
     yield s
     s.close()
     containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
@@ -391,3 +397,31 @@ def test_fuse_overlayfs_rootfs(shim, workdir):
     assert msg.endswith("\": exit status 1"), msg
     assert mounts_under(workdir) == []
     assert wait_no_daemons(rootfs) == {}
+
+
+@pytest.mark.parametrize("shim", [GO_RUNTIME, PY_RUNTIME], ids=["go", "py"], indirect=True)
+def test_mount_targets_below_the_rootfs(shim, workdir):
+    if shim.runtime == GO_RUNTIME and containerd_version() < (2, 0, 0):
+        pytest.skip("the Go shim of containerd %d.%d has no Mount.target" % containerd_version()[:2])
+    layer = shim.rootfs(os.path.join(workdir, "layer"))
+    for d in ("data", "scratch"):
+        os.mkdir(os.path.join(layer, d))
+    os.symlink("/data", os.path.join(layer, "link"))
+    volume = os.path.join(workdir, "volume")
+    os.mkdir(volume)
+    with open(os.path.join(volume, "hello.txt"), "w") as f:
+        f.write("from the volume\n")
+    id = "targets"
+    # The second target is a symlink inside the rootfs: resolved there.
+    bundle, _ = shim.create(id, [
+        ("bind", layer, ["rbind", "ro"]),
+        ("bind", volume, ["rbind", "ro"], "link"),
+        ("tmpfs", "tmpfs", ["size=1m"], "/data/../scratch")],
+        ["sh", "-c", "cat /data/hello.txt; echo new > /scratch/f; cat /scratch/f"])
+    rootfs = os.path.join(bundle, "rootfs")
+    assert mounts_under(bundle) == [os.path.join(rootfs, "scratch"),
+                                    os.path.join(rootfs, "data"), rootfs]
+    assert shim.run(id) == (0, "from the volume\nnew\n")
+    # Delete unmounted them all, the deepest first.
+    assert mounts_under(workdir) == []
+    assert not os.path.exists(os.path.join(layer, "scratch", "f"))

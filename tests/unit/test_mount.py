@@ -360,3 +360,65 @@ def test_real_bind_ro(tmp_path):
     finally:
         mount.unmount_all(target)
     assert not os.path.exists(os.path.join(target, "f"))
+
+
+def test_root_path_stays_inside_root(tmp_path):
+    root = str(tmp_path)
+    os.makedirs(root + "/usr/share")
+    os.symlink("/usr", root + "/abs")               # absolute: from root
+    os.symlink("../../..", root + "/usr/up")        # climbs no higher than root
+    os.symlink("share", root + "/usr/rel")
+    os.symlink("loop2", root + "/loop1")
+    os.symlink("loop1", root + "/loop2")
+    for path, want in [("", ""), ("/", ""), ("/usr", "/usr"), ("abs/share/x", "/usr/share/x"),
+                       ("/usr/up/etc", "/etc"), ("/../../etc", "/etc"),
+                       ("usr/rel/y", "/usr/share/y"), ("a/../usr", "/usr"),
+                       ("/nope/x", "/nope/x"), ("//usr//share/", "/usr/share")]:
+        assert mount.root_path(root, path) == root + want, path
+    with pytest.raises(OSError) as ei:
+        mount.root_path(root, "loop1/x")
+    assert ei.value.errno == 40
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount)")
+def test_real_targets_below_root_and_recursive_unmount(tmp_path):
+    # containerd 2.x: a Mount's target is a path inside the rootfs the
+    # mounts before it made; symlinks in it resolve inside that rootfs.
+    root = str(tmp_path / "root fs")        # a space: escaped in mountinfo
+    os.mkdir(root)
+    src = tmp_path / "src"
+    (src / "data").mkdir(parents=True)
+    (src / "other" / "deep").mkdir(parents=True)
+    os.symlink("/data", src / "link")
+    try:
+        mount_all_now([M(type="bind", source=str(src), target="", options=["rbind"]),
+                       M(type="tmpfs", source="tmpfs", target="link", options=["size=1m"]),
+                       M(type="tmpfs", source="tmpfs", target="/data/../other/deep",
+                         options=["size=1m"])], root)
+        assert mount.mounts_below(root) == [root + "/other/deep", root + "/data"]
+        with open(os.path.join(root, "data", "f"), "w") as f:
+            f.write("x")
+        assert not (src / "data" / "f").exists()            # on the tmpfs
+    finally:
+        mount.unmount_recursive(root)
+    assert mount.mounts_below(str(tmp_path)) == []
+    with open("/proc/self/mountinfo") as f:
+        assert not any(" %s " % root.replace(" ", "\\040") in line for line in f)
+    mount.unmount_recursive(root)           # idempotent
+    mount.unmount_recursive(str(tmp_path / "missing"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount)")
+def test_real_target_failure_unmounts_the_others(tmp_path):
+    root = str(tmp_path / "rootfs")
+    os.mkdir(root)
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    with pytest.raises(OSError) as ei:
+        mount_all_now([M(type="bind", source=str(src), options=["rbind"]),
+                       M(type="tmpfs", source="tmpfs", target="/a", options=["size=1m"]),
+                       M(type="tmpfs", source="tmpfs", target="/missing", options=[])], root)
+    assert ei.value.errno == 2
+    assert mount.mounts_below(str(tmp_path)) == []
+    with open("/proc/self/mountinfo") as f:
+        assert not any(line.split()[4] == root for line in f)
