@@ -367,8 +367,12 @@ def unmount_recursive(root, flags=0):
     on whatever is left below it."""
     try:
         root = os.path.realpath(root, strict=True)
+    except FileNotFoundError:
+        return                  # nothing can be mounted there
     except OSError:
-        return                  # missing: nothing is mounted there
+        # Unmounted all the same (a dead FUSE mount answers ENOTCONN below
+        # its root): the path as far as it resolves.
+        root = os.path.realpath(root)
     for point in mounts_below(root):
         try:
             unmount_all(point, flags)

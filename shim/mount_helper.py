@@ -13,7 +13,6 @@ unmounting it, as any mount, with umount2, ends it). Its pid is claimed
 from the Reaper at spawn, so the ECHILD containerd retries its helper on
 cannot happen here.
 """
-import json
 import os
 
 from shim import _native
@@ -41,7 +40,30 @@ def helper_argv(mtype, source, options, target):
 def _failed(argv, output, why):
     # containerd's words: mount helper [<helper> [<args>]] failed: "<output>": <why>
     return MountError(EINVAL, "mount helper [%s [%s]] failed: %s: %s" % (
-        argv[0], " ".join(argv[1:]), json.dumps(output, ensure_ascii=False), why))
+        argv[0], " ".join(argv[1:]), go_quote(output), why))
+
+
+_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+            "\v": "\\v", '"': '\\"', "\\": "\\\\"}
+
+
+def go_quote(text):
+    """text as Go's %q writes it: in double quotes, printable characters
+    as they are, the others escaped."""
+    out = ['"']
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append("\\x%02x" % ord(ch))
+        elif ord(ch) < 0x10000:
+            out.append("\\u%04x" % ord(ch))
+        else:
+            out.append("\\U%08x" % ord(ch))
+    out.append('"')
+    return "".join(out)
 
 
 async def run(reaper, argv):

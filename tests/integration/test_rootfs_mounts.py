@@ -14,10 +14,12 @@ The last two on both shims, the Go shim being the reference.
 Each container runs and prints what it sees; after Delete nothing stays
 mounted under the bundle, no loop device stays attached and no FUSE daemon
 stays running."""
+import errno
 import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -425,3 +427,36 @@ def test_mount_targets_below_the_rootfs(shim, workdir):
     # Delete unmounted them all, the deepest first.
     assert mounts_under(workdir) == []
     assert not os.path.exists(os.path.join(layer, "scratch", "f"))
+
+
+@pytest.mark.parametrize("shim", [GO_RUNTIME, PY_RUNTIME], ids=["go", "py"], indirect=True)
+def test_fuse_daemon_killed_mount_still_removed(shim, workdir):
+    """The FUSE daemon dies under a running container (its rootfs then
+    answers ENOTCONN): the container ends, and Delete still unmounts it."""
+    for tool in ("mount.fuse3", "fuse-overlayfs"):
+        if shutil.which(tool) is None or not os.path.exists("/dev/fuse"):
+            pytest.skip("%s or /dev/fuse missing" % tool)
+    lower = shim.rootfs(os.path.join(workdir, "lower"), ("sh", "sleep"))
+    upper, work = os.path.join(workdir, "upper"), os.path.join(workdir, "work")
+    os.makedirs(upper)
+    os.makedirs(work)
+    id = "fuse-dies"
+    bundle, _ = shim.create(id, [("fuse3.fuse-overlayfs", "overlay", [
+        "lowerdir=" + lower, "upperdir=" + upper, "workdir=" + work])], ["sleep", "3600"])
+    rootfs = os.path.join(bundle, "rootfs")
+    (daemon,) = fuse_daemons(rootfs)
+    shim.call("Start", pb.StartRequest(id=id), pb.StartResponse)
+    os.kill(daemon, signal.SIGKILL)
+    assert wait_no_daemons(rootfs) == {}
+    with pytest.raises(OSError) as e:
+        os.listdir(rootfs)
+    assert e.value.errno == errno.ENOTCONN
+    # Its binary's pages are on that mount: it may have died of SIGBUS.
+    try:
+        shim.call("Kill", pb.KillRequest(id=id, signal=9))
+    except ttrpc.TTRPCError:
+        pass
+    sid = shim.cl.send_raw_request(shim.service, "Wait", pb.WaitRequest(id=id).encode())
+    assert pb.WaitResponse.decode(shim.cl.recv_response(sid).payload).exit_status in (135, 137)
+    shim.delete(id)
+    assert mounts_under(workdir) == []

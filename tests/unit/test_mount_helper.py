@@ -102,3 +102,8 @@ def test_daemon_holding_the_output_does_not_hold_the_mount(reaper, helpers, tmp_
     finally:
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), 9)
+
+
+def test_output_quoted_as_go_does():
+    assert mount_helper.go_quote('a "b"\\ c\n\t\x01\x7f é \u200b \U0001F600') == (
+        '"a \\"b\\"\\\\ c\\n\\t\\x01\\x7f é \\u200b \U0001F600"')
