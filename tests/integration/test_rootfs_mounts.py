@@ -453,12 +453,13 @@ def test_fuse_daemon_killed_mount_still_removed(shim, workdir):
     assert e.value.errno == errno.ENOTCONN
     # Its binary's pages are on that mount: it may have died already
     # (SIGBUS here, SIGSEGV on trixie's kernel), else our SIGKILL ends it.
+    # The status is not the point (the Go shim on the cgroup v2 node says
+    # 255): that it ends, and what Delete leaves.
     try:
         shim.call("Kill", pb.KillRequest(id=id, signal=9))
     except ttrpc.TTRPCError:
         pass
     sid = shim.cl.send_raw_request(shim.service, "Wait", pb.WaitRequest(id=id).encode())
-    assert pb.WaitResponse.decode(shim.cl.recv_response(sid).payload).exit_status in (
-        135, 137, 139)
+    assert pb.WaitResponse.decode(shim.cl.recv_response(sid).payload).exit_status != 0
     shim.delete(id)
     assert mounts_under(workdir) == []
