@@ -18,6 +18,8 @@ import os
 from shim import _native
 from shim.capture import OutputCapture
 from shim.mount import MountError
+from shim.runc import devnull, runc_env         # the same child set-up as runc's
+from shim.runc_errors import exec_error
 
 EINVAL = 22
 SIGKILL = 9
@@ -68,21 +70,16 @@ def go_quote(text):
 
 async def run(reaper, argv):
     """Run the helper and await its exit; MountError if it failed."""
-    env = ["%s=%s" % kv for kv in os.environ.items() if kv[0] != "NOTIFY_SOCKET"]
     out = OutputCapture(reaper.loop)
-    fd0 = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    fd0 = devnull(os.O_RDONLY)
     try:
         # PDEATHSIG reaches the helper only: the daemon it forks keeps
         # serving the container if the shim dies.
-        pid = _native.spawn(argv[0], argv, env, [fd0, out.w, out.w], pdeathsig=SIGKILL)
+        pid = _native.spawn(argv[0], argv, runc_env(), [fd0, out.w, out.w], pdeathsig=SIGKILL)
         exited = reaper.watch(pid)
     except OSError as e:
         out.close()
-        if e.errno == 2 and "/" not in argv[0]:
-            why = 'exec: "%s": executable file not found in $PATH' % argv[0]
-        else:
-            why = "fork/exec %s: %s" % (argv[0], e.strerror or e)
-        raise _failed(argv, "", why) from None
+        raise _failed(argv, "", exec_error(argv[0], e).message) from None
     except BaseException:
         out.close()
         raise
